@@ -1,0 +1,22 @@
+//! Validated domain types shared by every Surge crate.
+//!
+//! Every value type here can only be built through a `parse` function that
+//! enforces its rules, so holding one is proof the value is valid. Parsing
+//! failures are reported as [`ValidationError`], naming the offending field by
+//! its JSON (camelCase) name.
+#![warn(missing_docs)]
+
+mod error;
+mod ids;
+mod item;
+mod member;
+mod order;
+mod paging;
+mod text;
+
+pub use error::*;
+pub use ids::*;
+pub use item::*;
+pub use member::*;
+pub use order::*;
+pub use paging::*;

@@ -1,0 +1,187 @@
+//! The one error type of the HTTP surface and its JSON envelope.
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use surge_domain::ValidationError;
+use surge_persistence::PersistenceError;
+use thiserror::Error;
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, UPPER_SNAKE.
+    #[schema(example = "VALIDATION_FAILED")]
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Extra facts about the error (the offending field, failing dependency, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+/// Everything a handler can answer with instead of success.
+///
+/// The display text of a client error is what the client reads; an internal error's cause is
+/// logged and replaced by a fixed message.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// A field broke its rule.
+    #[error("{0}")]
+    Validation(#[from] ValidationError),
+    /// The request could not be read (bad JSON, wrong type, bad path or query parameter).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is larger than the server accepts.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A JSON body without `Content-Type: application/json`.
+    #[error("expected a body with Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// No valid access token.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// Wrong login id or password (deliberately the same answer for both).
+    #[error("login id or password is wrong")]
+    InvalidCredentials,
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// No such resource (or route).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The route exists, the method does not.
+    #[error("method not allowed for this path")]
+    MethodNotAllowed,
+    /// The login id is taken.
+    #[error("login id is already taken")]
+    DuplicateLoginId,
+    /// A dependency this request needs is down.
+    #[error("{message}")]
+    Unavailable {
+        /// What is failing.
+        message: String,
+        /// Seconds the client should wait.
+        retry_after_secs: u32,
+    },
+    /// A bug or an unexpected failure of a dependency. Logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Wraps an unexpected cause; the cause is logged when the response is built.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::Validation(_) | Self::BadRequest(_) => {
+                (StatusCode::BAD_REQUEST, "VALIDATION_FAILED")
+            }
+            Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE")
+            }
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            Self::DuplicateLoginId => (StatusCode::CONFLICT, "DUPLICATE_LOGIN_ID"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let details = match &self {
+            Self::Validation(e) => Some(json!({ "field": e.field })),
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                None
+            }
+            _ => None,
+        };
+        let body = ErrorBody {
+            code,
+            message: self.to_string(),
+            details,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Self::Unavailable {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        response
+    }
+}
+
+impl From<PersistenceError> for ApiError {
+    fn from(err: PersistenceError) -> Self {
+        match err {
+            PersistenceError::Database(sqlx::Error::PoolTimedOut) => Self::Unavailable {
+                message: "the database is not answering".into(),
+                retry_after_secs: 1,
+            },
+            other => Self::internal(other),
+        }
+    }
+}
+
+/// The limit of request bodies, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+fn from_bytes_rejection(rejection: &BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }
+    } else {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match &rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
+            JsonRejection::BytesRejection(inner) => from_bytes_rejection(inner),
+            _ => Self::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        from_bytes_rejection(&rejection)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}

@@ -1,0 +1,113 @@
+//! The axum layer of Surge: routes, authentication, the error envelope, metrics and the
+//! OpenAPI document. Handlers validate input into domain types and call the stores; they hold
+//! no state of their own.
+
+pub mod auth;
+pub mod error;
+mod extract;
+pub mod metrics;
+mod routes;
+mod state;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router, middleware};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub use auth::{AuthService, AuthSettings};
+pub use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
+pub use metrics::Metrics;
+pub use routes::users::create_member;
+pub use state::AppState;
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Surge", description = "Flash-sale e-commerce API"),
+    paths(
+        routes::users::sign_up, routes::users::me, routes::users::profile,
+        routes::auth::login, routes::auth::refresh, routes::auth::logout,
+        routes::items::create, routes::items::get, routes::items::search, routes::items::restock,
+        routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The public API router.
+pub fn router(state: AppState) -> Router {
+    use routes::{auth, items, ops, users};
+    let api = Router::new()
+        .route("/api/v1/users", post(users::sign_up))
+        .route("/api/v1/users/me", get(users::me))
+        .route("/api/v1/users/{userId}", get(users::profile))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/refresh", post(auth::refresh))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/items", post(items::create).get(items::search))
+        .route("/api/v1/items/{itemId}", get(items::get))
+        .route("/api/v1/items/{itemId}/restock", post(items::restock))
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics_for_admin))
+        .route("/openapi.json", get(ops::openapi));
+    finish(api, state)
+}
+
+/// The operators' router for the admin listener: health and metrics without a token.
+pub fn admin_router(state: AppState) -> Router {
+    use routes::ops;
+    let admin = Router::new()
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics_open));
+    finish(admin, state)
+}
+
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state.metrics),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    let body = ErrorBody {
+        code: "INTERNAL",
+        message: "internal error".into(),
+        details: None,
+    };
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+}

@@ -1,0 +1,186 @@
+//! Login, refresh with rotation, logout.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use surge_persistence::now_millis;
+use surge_persistence::sessions::Rotation;
+use utoipa::ToSchema;
+
+use crate::auth::{IssuedTokens, REFRESH_TOKEN_TTL, random_token, refresh_token_hash};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, Authenticated};
+use crate::state::AppState;
+
+/// Name of the cookie that carries the refresh token for browsers.
+const REFRESH_COOKIE: &str = "refresh_token";
+/// The cookie is only sent to the auth routes that use it.
+const REFRESH_COOKIE_PATH: &str = "/api/v1/auth";
+
+/// Login request.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    login_id: String,
+    password: String,
+}
+
+/// Refresh request; the token may come in the body or in the `refresh_token` cookie.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// Tokens handed to a client.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    access_token: String,
+    refresh_token: String,
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+}
+
+fn refresh_ttl_millis() -> i64 {
+    i64::try_from(REFRESH_TOKEN_TTL.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn token_response(tokens: IssuedTokens) -> Response {
+    let cookie = format!(
+        "{REFRESH_COOKIE}={}; HttpOnly; SameSite=Strict; Secure; Path={REFRESH_COOKIE_PATH}; Max-Age={}",
+        tokens.refresh_token,
+        REFRESH_TOKEN_TTL.as_secs()
+    );
+    let body = TokenResponse {
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+        token_type: "Bearer",
+        expires_in: tokens.expires_in,
+    };
+    let mut response = Json(body).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// Log in with login id and password.
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse),
+              (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let user = state.db.user_by_login_id(&req.login_id).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    if !state.auth.verify_password(req.password, hash).await {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let user = user.ok_or(ApiError::InvalidCredentials)?;
+    let session_id = random_token();
+    let tokens = state.auth.issue(user.id, user.role, &session_id)?;
+    let now = now_millis();
+    state
+        .db
+        .create_session(
+            &session_id,
+            user.id,
+            &refresh_token_hash(&tokens.refresh_token),
+            now,
+            now + refresh_ttl_millis(),
+        )
+        .await?;
+    Ok(token_response(tokens))
+}
+
+fn refresh_token_from(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let req: RefreshRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid refresh request: {e}")))?;
+        return Ok(req.refresh_token);
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == REFRESH_COOKIE)
+        .map(|(_, value)| value.to_owned())
+        .ok_or(ApiError::Unauthenticated("a refresh token is required"))
+}
+
+/// Trade a refresh token for new tokens. The presented token is spent; presenting it again
+/// revokes the whole login.
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let presented = refresh_token_from(&headers, &body)?;
+    let next = random_token();
+    let now = now_millis();
+    let outcome = state
+        .db
+        .rotate_refresh_token(
+            &refresh_token_hash(&presented),
+            &refresh_token_hash(&next),
+            now,
+            now + refresh_ttl_millis(),
+        )
+        .await?;
+    match outcome {
+        Rotation::Rotated {
+            session_id,
+            user_id,
+        } => {
+            let user = state
+                .db
+                .user_by_id(user_id)
+                .await?
+                .ok_or(ApiError::Unauthenticated("this member no longer exists"))?;
+            let mut tokens = state.auth.issue(user.id, user.role, &session_id)?;
+            tokens.refresh_token = next;
+            Ok(token_response(tokens))
+        }
+        Rotation::Reused { session_id } => {
+            state.auth.deny_session(&session_id, now);
+            tracing::warn!("refresh token reused; login revoked");
+            Err(ApiError::Unauthenticated(
+                "this refresh token was already used; the login has been revoked",
+            ))
+        }
+        Rotation::Invalid => Err(ApiError::Unauthenticated(
+            "the refresh token is invalid or expired",
+        )),
+    }
+}
+
+/// Sign out: the access token and the refresh token of this login stop working.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Response, ApiError> {
+    let now = now_millis();
+    state.db.revoke_session(&caller.session_id, now).await?;
+    state.auth.deny_session(&caller.session_id, now);
+    let clear = format!(
+        "{REFRESH_COOKIE}=; HttpOnly; SameSite=Strict; Secure; Path={REFRESH_COOKIE_PATH}; Max-Age=0"
+    );
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    Ok(response)
+}

@@ -1,0 +1,238 @@
+//! Items: create, read, search, restock.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use surge_domain::{
+    ItemId, ItemName, Money, PageLimit, RestockQuantity, StockLevel, ValidationError,
+};
+use surge_persistence::PersistenceError;
+use surge_persistence::items::{ItemRecord, ItemSearch};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Admin, ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+
+/// New item.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateItemRequest {
+    /// 1–200 characters.
+    #[schema(example = "Limited sneakers")]
+    name: String,
+    /// Unit price in the smallest currency unit, ≥ 0.
+    #[schema(example = 129000)]
+    price: i64,
+    /// Initial units, ≥ 0.
+    #[schema(example = 100)]
+    stock: i64,
+}
+
+/// Units to add.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RestockRequest {
+    /// > 0.
+    #[schema(example = 50)]
+    quantity: i64,
+}
+
+/// An item as clients see it; `stock` is the units still available to buyers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemResponse {
+    #[schema(value_type = i64)]
+    item_id: ItemId,
+    name: String,
+    price: i64,
+    stock: i64,
+}
+
+impl From<ItemRecord> for ItemResponse {
+    fn from(item: ItemRecord) -> Self {
+        Self {
+            item_id: item.id,
+            name: item.name,
+            price: item.price,
+            stock: item.available,
+        }
+    }
+}
+
+/// One page of items.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemPage {
+    items: Vec<ItemResponse>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Search filters and paging.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ItemQuery {
+    /// Name contains this text.
+    q: Option<String>,
+    /// Lowest price, inclusive.
+    min_price: Option<i64>,
+    /// Highest price, inclusive.
+    max_price: Option<i64>,
+    /// Page size, 1–100 (default 20).
+    limit: Option<i64>,
+    /// Opaque cursor from the previous page.
+    cursor: Option<String>,
+}
+
+/// Longest accepted search text, in characters.
+const MAX_QUERY_CHARS: usize = 200;
+
+fn item_id(raw: i64) -> Result<ItemId, ApiError> {
+    ItemId::parse(raw, "itemId").map_err(|_| ApiError::NotFound("item"))
+}
+
+fn encode_cursor(last: ItemId) -> String {
+    URL_SAFE_NO_PAD.encode(format!("item:{}", last.get()))
+}
+
+fn decode_cursor(cursor: &str) -> Result<ItemId, ValidationError> {
+    let bad = || ValidationError::new("cursor", "is not a cursor this server issued");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let id = text
+        .strip_prefix("item:")
+        .and_then(|n| n.parse::<i64>().ok())
+        .ok_or_else(bad)?;
+    ItemId::parse(id, "cursor").map_err(|_| bad())
+}
+
+/// Create an item (ADMIN).
+#[utoipa::path(post, path = "/api/v1/items", tag = "items", security(("bearer" = [])),
+    request_body = CreateItemRequest,
+    responses((status = 201, body = ItemResponse), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(_admin): Admin,
+    ApiJson(req): ApiJson<CreateItemRequest>,
+) -> Result<(StatusCode, Json<ItemResponse>), ApiError> {
+    let name = ItemName::parse(&req.name)?;
+    let price = Money::parse(req.price, "price")?;
+    let stock = StockLevel::parse(req.stock)?;
+    let item = state.db.insert_item(&name, price, stock).await?;
+    Ok((StatusCode::CREATED, Json(item.into())))
+}
+
+/// Read one item.
+#[utoipa::path(get, path = "/api/v1/items/{itemId}", tag = "items",
+    params(("itemId" = i64, Path, description = "item id")),
+    responses((status = 200, body = ItemResponse), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<ItemResponse>, ApiError> {
+    let item = state
+        .db
+        .item_by_id(item_id(id)?)
+        .await?
+        .ok_or(ApiError::NotFound("item"))?;
+    Ok(Json(item.into()))
+}
+
+/// Search items by name and price range, in id order, with cursor paging.
+#[utoipa::path(get, path = "/api/v1/items", tag = "items", params(ItemQuery),
+    responses((status = 200, body = ItemPage), (status = 400, body = ErrorBody)))]
+pub async fn search(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ItemQuery>,
+) -> Result<Json<ItemPage>, ApiError> {
+    let limit = PageLimit::parse(query.limit)?;
+    let min_price = query
+        .min_price
+        .map(|p| Money::parse(p, "minPrice"))
+        .transpose()?;
+    let max_price = query
+        .max_price
+        .map(|p| Money::parse(p, "maxPrice"))
+        .transpose()?;
+    if let (Some(min), Some(max)) = (min_price, max_price)
+        && min > max
+    {
+        return Err(ValidationError::new("minPrice", "must not be greater than maxPrice").into());
+    }
+    if query
+        .q
+        .as_ref()
+        .is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS)
+    {
+        return Err(ValidationError::new("q", "must be at most 200 characters").into());
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let mut rows = state
+        .db
+        .search_items(&ItemSearch {
+            name_contains: query.q,
+            min_price,
+            max_price,
+            after,
+            limit: limit.get() + 1,
+        })
+        .await?;
+    let page_size = usize::try_from(limit.get()).unwrap_or(usize::MAX);
+    let next_cursor = if rows.len() > page_size {
+        rows.truncate(page_size);
+        rows.last().map(|item| encode_cursor(item.id))
+    } else {
+        None
+    };
+    Ok(Json(ItemPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Add units to an item (ADMIN).
+#[utoipa::path(post, path = "/api/v1/items/{itemId}/restock", tag = "items",
+    security(("bearer" = [])), request_body = RestockRequest,
+    params(("itemId" = i64, Path, description = "item id")),
+    responses((status = 200, body = ItemResponse), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn restock(
+    State(state): State<AppState>,
+    Admin(_admin): Admin,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(req): ApiJson<RestockRequest>,
+) -> Result<Json<ItemResponse>, ApiError> {
+    let id = item_id(id)?;
+    let quantity = RestockQuantity::parse(req.quantity)?;
+    let item = state
+        .db
+        .restock_item(id, quantity)
+        .await
+        .map_err(|e| match e {
+            PersistenceError::NotFound => ApiError::NotFound("item"),
+            PersistenceError::LimitExceeded => ApiError::Validation(ValidationError::new(
+                "quantity",
+                "would take the stock above 1000000000 units",
+            )),
+            other => other.into(),
+        })?;
+    Ok(Json(item.into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let id = ItemId::from_db(42);
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert!(decode_cursor("not-a-cursor").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("item:-3")).is_err());
+    }
+}

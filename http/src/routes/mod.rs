@@ -1,0 +1,4 @@
+pub mod auth;
+pub mod items;
+pub mod ops;
+pub mod users;

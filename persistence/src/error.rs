@@ -1,0 +1,38 @@
+use thiserror::Error;
+
+/// Why a store call failed. Callers map `Conflict` and `NotFound` to client errors; everything
+/// else is an internal cause that is logged, never shown to a client.
+#[derive(Debug, Error)]
+pub enum PersistenceError {
+    /// A unique constraint refused the write (for example a login id already taken).
+    #[error("unique constraint violated")]
+    Conflict,
+    /// The row the call needs does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The write would take a value past its limit (for example stock above the maximum).
+    #[error("limit exceeded")]
+    LimitExceeded,
+    /// The URL names a database kind this build does not speak.
+    #[error("unsupported database url: {0}")]
+    UnsupportedUrl(String),
+    /// Applying the schema migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Creating the SQLite data directory failed.
+    #[error("cannot create data directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// Any other database error.
+    #[error(transparent)]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for PersistenceError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict,
+            _ => Self::Database(err),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Items and their stock.
+
+use sqlx::FromRow;
+use surge_domain::{ItemId, ItemName, MAX_STOCK, Money, RestockQuantity, StockLevel};
+
+use crate::{Database, PersistenceError, now_millis};
+
+/// An item as stored. `available` is the units no one holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRecord {
+    /// Database id.
+    pub id: ItemId,
+    /// Display name.
+    pub name: String,
+    /// Unit price in the smallest currency unit.
+    pub price: i64,
+    /// Units still available to buyers.
+    pub available: i64,
+}
+
+#[derive(FromRow)]
+struct ItemRow {
+    id: i64,
+    name: String,
+    price: i64,
+    available: i64,
+}
+
+impl From<ItemRow> for ItemRecord {
+    fn from(row: ItemRow) -> Self {
+        Self {
+            id: ItemId::from_db(row.id),
+            name: row.name,
+            price: row.price,
+            available: row.available,
+        }
+    }
+}
+
+/// A search over items, in id order, one page at a time.
+#[derive(Debug, Clone, Default)]
+pub struct ItemSearch {
+    /// Name contains this text (case-insensitive for ASCII).
+    pub name_contains: Option<String>,
+    /// Lowest price, inclusive.
+    pub min_price: Option<Money>,
+    /// Highest price, inclusive.
+    pub max_price: Option<Money>,
+    /// Only items with a larger id (the cursor).
+    pub after: Option<ItemId>,
+    /// Rows to return.
+    pub limit: u32,
+}
+
+/// Escapes LIKE wildcards so user text matches literally.
+fn like_pattern(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+impl Database {
+    /// Creates an item with its initial stock.
+    pub async fn insert_item(
+        &self,
+        name: &ItemName,
+        price: Money,
+        stock: StockLevel,
+    ) -> Result<ItemRecord, PersistenceError> {
+        let now = now_millis();
+        let row: ItemRow = sqlx::query_as(
+            "INSERT INTO items (name, price, available, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) RETURNING id, name, price, available",
+        )
+        .bind(name.as_str())
+        .bind(price.get())
+        .bind(stock.get())
+        .bind(now)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.into())
+    }
+
+    /// The item with this id, if any.
+    pub async fn item_by_id(&self, id: ItemId) -> Result<Option<ItemRecord>, PersistenceError> {
+        let row: Option<ItemRow> =
+            sqlx::query_as("SELECT id, name, price, available FROM items WHERE id = $1")
+                .bind(id.get())
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(Into::into))
+    }
+
+    /// One page of items matching `search`, in ascending id order.
+    pub async fn search_items(
+        &self,
+        search: &ItemSearch,
+    ) -> Result<Vec<ItemRecord>, PersistenceError> {
+        let pattern = like_pattern(search.name_contains.as_deref().unwrap_or(""));
+        let rows: Vec<ItemRow> = sqlx::query_as(
+            "SELECT id, name, price, available FROM items \
+             WHERE id > $1 AND LOWER(name) LIKE $2 ESCAPE '\\' AND price >= $3 AND price <= $4 \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(search.after.map_or(0, ItemId::get))
+        .bind(pattern)
+        .bind(search.min_price.map_or(0, Money::get))
+        .bind(search.max_price.map_or(i64::MAX, Money::get))
+        .bind(i64::from(search.limit))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Adds units to an item. Unknown item: [`PersistenceError::NotFound`]; a total above
+    /// [`MAX_STOCK`]: [`PersistenceError::LimitExceeded`].
+    pub async fn restock_item(
+        &self,
+        id: ItemId,
+        quantity: RestockQuantity,
+    ) -> Result<ItemRecord, PersistenceError> {
+        let row: Option<ItemRow> = sqlx::query_as(
+            "UPDATE items SET available = available + $1, updated_at = $2 \
+             WHERE id = $3 AND available + $1 <= $4 RETURNING id, name, price, available",
+        )
+        .bind(quantity.get())
+        .bind(now_millis())
+        .bind(id.get())
+        .bind(MAX_STOCK)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(row) => Ok(row.into()),
+            None if self.item_by_id(id).await?.is_some() => Err(PersistenceError::LimitExceeded),
+            None => Err(PersistenceError::NotFound),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like_pattern;
+
+    #[test]
+    fn like_wildcards_are_escaped() {
+        assert_eq!(like_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+        assert_eq!(like_pattern("Shoe"), "%shoe%");
+    }
+}

@@ -1,0 +1,15 @@
+//! Durable state of a Surge node, behind one [`Database`] handle.
+//!
+//! The same SQL runs on SQLite (embedded mode) and PostgreSQL through sqlx's `Any` driver. The
+//! statements stay portable: `$n` placeholders, `BIGINT` everywhere (times are Unix milliseconds),
+//! no vendor functions on the hot path. Each back end has its own migration folder because DDL
+//! (identity columns) is where the dialects really differ.
+
+mod db;
+mod error;
+pub mod items;
+pub mod sessions;
+pub mod users;
+
+pub use db::{Backend, Database, DatabaseOptions, now_millis, sqlite_file};
+pub use error::PersistenceError;

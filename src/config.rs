@@ -1,0 +1,235 @@
+//! Typed configuration, read once from the environment at start.
+//!
+//! Every variable has a safe default; a bad value stops the node with a message naming the
+//! variable (see [`ConfigError`]), before anything listens or connects.
+
+use std::net::SocketAddr;
+
+use secrecy::SecretString;
+use surge_domain::{LoginId, Password};
+use surge_persistence::Backend;
+
+/// Where the API listens unless `SURGE_HTTP_ADDR` says otherwise.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// The embedded database unless `SURGE_DATABASE_URL` says otherwise.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://surge-data/surge.db";
+
+/// A variable with a value the node cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// The first ADMIN, created at start when no member has that login id.
+#[derive(Debug)]
+pub struct BootstrapAdmin {
+    /// Its login id.
+    pub login_id: LoginId,
+    /// Its password (never logged).
+    pub password: Password,
+}
+
+/// A node's configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// `SURGE_HTTP_ADDR`: the API listener.
+    pub http_addr: SocketAddr,
+    /// `SURGE_ADMIN_ADDR`: an optional operators' listener with health and metrics unauthenticated.
+    pub admin_addr: Option<SocketAddr>,
+    /// `SURGE_DATABASE_URL`.
+    pub database_url: String,
+    /// The back end the URL names.
+    pub backend: Backend,
+    /// `SURGE_JWT_SECRET`; when unset in embedded mode a key is generated once and kept next
+    /// to the database file.
+    pub jwt_secret: Option<SecretString>,
+    /// `SURGE_BOOTSTRAP_ADMIN_LOGIN_ID` and `SURGE_BOOTSTRAP_ADMIN_PASSWORD`.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests can pass their own variables.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let http_addr = parse_addr("SURGE_HTTP_ADDR", get("SURGE_HTTP_ADDR"))?
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let admin_addr = parse_addr("SURGE_ADMIN_ADDR", get("SURGE_ADMIN_ADDR"))?;
+        let database_url =
+            get("SURGE_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let backend = Backend::from_url(&database_url).map_err(|_| {
+            invalid(
+                "SURGE_DATABASE_URL",
+                "must start with sqlite:, postgres:// or postgresql://",
+            )
+        })?;
+        for (variable, what) in [
+            ("SURGE_REDIS_URL", "the Redis coupon store"),
+            ("SURGE_KAFKA_BROKERS", "cluster mode over Kafka"),
+            ("SURGE_MONGO_URL", "the MongoDB read model"),
+        ] {
+            if get(variable).is_some() {
+                return Err(invalid(
+                    variable,
+                    format!("{what} is not part of this build yet; unset it to run embedded"),
+                ));
+            }
+        }
+        let jwt_secret = get("SURGE_JWT_SECRET");
+        if let Some(secret) = &jwt_secret
+            && secret.len() < surge_http::auth::MIN_JWT_SECRET_BYTES
+        {
+            return Err(invalid(
+                "SURGE_JWT_SECRET",
+                format!(
+                    "must be at least {} bytes",
+                    surge_http::auth::MIN_JWT_SECRET_BYTES
+                ),
+            ));
+        }
+        if jwt_secret.is_none() && backend != Backend::Sqlite {
+            return Err(invalid(
+                "SURGE_JWT_SECRET",
+                "is required when the database is not the embedded SQLite file \
+                 (every node must sign with the same key)",
+            ));
+        }
+        let bootstrap_admin = match (
+            get("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID"),
+            get("SURGE_BOOTSTRAP_ADMIN_PASSWORD"),
+        ) {
+            (None, None) => None,
+            (Some(login_id), Some(password)) => Some(BootstrapAdmin {
+                login_id: LoginId::parse(&login_id)
+                    .map_err(|e| invalid("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", e.message))?,
+                password: Password::parse(&password)
+                    .map_err(|e| invalid("SURGE_BOOTSTRAP_ADMIN_PASSWORD", e.message))?,
+            }),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "SURGE_BOOTSTRAP_ADMIN_PASSWORD",
+                    "must be set together with SURGE_BOOTSTRAP_ADMIN_LOGIN_ID",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID",
+                    "must be set together with SURGE_BOOTSTRAP_ADMIN_PASSWORD",
+                ));
+            }
+        };
+        Ok(Self {
+            http_addr,
+            admin_addr,
+            database_url,
+            backend,
+            jwt_secret: jwt_secret.map(SecretString::from),
+            bootstrap_admin,
+        })
+    }
+}
+
+fn parse_addr(
+    variable: &'static str,
+    value: Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    value
+        .map(|v| {
+            v.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    variable,
+                    format!("'{v}' is not an address like {DEFAULT_HTTP_ADDR}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_are_embedded_and_local() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.backend, Backend::Sqlite);
+        assert!(c.jwt_secret.is_none() && c.bootstrap_admin.is_none() && c.admin_addr.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("SURGE_HTTP_ADDR", "nonsense")], "SURGE_HTTP_ADDR"),
+            (&[("SURGE_ADMIN_ADDR", "1.2.3")], "SURGE_ADMIN_ADDR"),
+            (
+                &[("SURGE_DATABASE_URL", "oracle://x")],
+                "SURGE_DATABASE_URL",
+            ),
+            (
+                &[("SURGE_DATABASE_URL", "postgres://x/y")],
+                "SURGE_JWT_SECRET",
+            ),
+            (&[("SURGE_JWT_SECRET", "short")], "SURGE_JWT_SECRET"),
+            (
+                &[("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "admin")],
+                "SURGE_BOOTSTRAP_ADMIN_PASSWORD",
+            ),
+            (
+                &[
+                    ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "a b"),
+                    ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", "long enough pw"),
+                ],
+                "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID",
+            ),
+            (
+                &[("SURGE_REDIS_URL", "redis://127.0.0.1")],
+                "SURGE_REDIS_URL",
+            ),
+        ];
+        for (vars, variable) in cases {
+            let err = config(vars).unwrap_err();
+            assert_eq!(err.variable, *variable, "{vars:?}");
+        }
+    }
+
+    #[test]
+    fn postgres_with_a_secret_is_accepted() {
+        let c = config(&[
+            ("SURGE_DATABASE_URL", "postgres://u@h/db"),
+            ("SURGE_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "admin"),
+            ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", "long enough pw"),
+        ])
+        .unwrap();
+        assert_eq!(c.backend, Backend::Postgres);
+        assert_eq!(c.bootstrap_admin.unwrap().login_id.as_str(), "admin");
+    }
+}

@@ -1,0 +1,278 @@
+//! Building and running a node: connect, migrate, load keys, bind, serve, stop gracefully.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use surge_domain::{Role, UserName};
+use surge_http::auth::denylist_horizon_millis;
+use surge_http::{AppState, AuthService, AuthSettings, Metrics};
+use surge_persistence::{Database, DatabaseOptions, PersistenceError, now_millis, sqlite_file};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{BootstrapAdmin, Config};
+
+/// Name of the generated signing key kept next to the embedded database.
+const JWT_KEY_FILE: &str = "jwt-secret";
+/// How often expired login sessions are deleted.
+const SESSION_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database could not be opened or migrated.
+    #[error("database: {0}")]
+    Database(#[from] PersistenceError),
+    /// A listener could not be bound, or the key file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The token service could not be built.
+    #[error("auth: {0}")]
+    Auth(String),
+    /// The bootstrap admin could not be created.
+    #[error("bootstrap admin: {0}")]
+    Bootstrap(String),
+}
+
+/// Stops a running node as SIGTERM would. Cloneable; used by tests and embedders.
+#[derive(Debug, Clone)]
+pub struct StopHandle(watch::Sender<bool>);
+
+impl StopHandle {
+    /// Asks the node to stop: it stops accepting, finishes in-flight requests and returns.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A node that is built (database open, listeners bound) and ready to run.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    admin_listener: Option<TcpListener>,
+    state: AppState,
+    stop: watch::Sender<bool>,
+}
+
+impl Application {
+    /// Opens the database, applies migrations, prepares auth and binds the listeners.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let db = Database::connect(
+            &config.database_url,
+            &DatabaseOptions::for_backend(config.backend),
+        )
+        .await?;
+        let jwt_secret = match config.jwt_secret {
+            Some(secret) => secret,
+            None => embedded_jwt_secret(&config.database_url)?,
+        };
+        let revoked = db
+            .sessions_revoked_since(now_millis() - denylist_horizon_millis())
+            .await?;
+        let auth =
+            AuthService::new(&AuthSettings { jwt_secret }, revoked).map_err(StartupError::Auth)?;
+        let state = AppState {
+            db,
+            auth: Arc::new(auth),
+            metrics: Arc::new(Metrics::new()),
+        };
+        if let Some(admin) = &config.bootstrap_admin {
+            ensure_bootstrap_admin(&state, admin).await?;
+        }
+        let listener = TcpListener::bind(config.http_addr).await?;
+        let admin_listener = match config.admin_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            listener,
+            admin_listener,
+            state,
+            stop,
+        })
+    }
+
+    /// The API listener's address (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle that stops the node.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.stop.clone())
+    }
+
+    /// Serves until SIGTERM, SIGINT or [`StopHandle::stop`]; then stops accepting, lets
+    /// in-flight requests finish and closes the database pool.
+    pub async fn run_until_stopped(self) -> io::Result<()> {
+        let Self {
+            listener,
+            admin_listener,
+            state,
+            stop,
+        } = self;
+        let stopping = {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|stopped| *stopped).await;
+            }
+        };
+        let signal_stop = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stop signal received; finishing in-flight requests");
+            let _ = signal_stop.send(true);
+        });
+        let purge = tokio::spawn(purge_sessions(state.db.clone()));
+
+        let admin_task = admin_listener.map(|admin| {
+            let router = surge_http::admin_router(state.clone());
+            let mut rx = stop.subscribe();
+            tokio::spawn(async move {
+                axum::serve(admin, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        });
+        let router = surge_http::router(state.clone());
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            database = state.db.backend().as_str(),
+            "surge ready"
+        );
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(stopping)
+            .await;
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+        purge.abort();
+        state.db.close().await;
+        tracing::info!("surge stopped");
+        served
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+async fn purge_sessions(db: Database) {
+    let mut tick = tokio::time::interval(SESSION_PURGE_INTERVAL);
+    loop {
+        tick.tick().await;
+        match db.purge_expired_sessions(now_millis()).await {
+            Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired login sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging expired sessions failed"),
+        }
+    }
+}
+
+async fn ensure_bootstrap_admin(
+    state: &AppState,
+    admin: &BootstrapAdmin,
+) -> Result<(), StartupError> {
+    let exists = state
+        .db
+        .user_by_login_id(admin.login_id.as_str())
+        .await?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let name = UserName::parse("Administrator").map_err(|e| StartupError::Bootstrap(e.message))?;
+    match surge_http::create_member(state, &admin.login_id, &admin.password, &name, Role::Admin)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                login_id = admin.login_id.as_str(),
+                "bootstrap admin created"
+            );
+            Ok(())
+        }
+        // Another node created it first.
+        Err(surge_http::ApiError::DuplicateLoginId) => Ok(()),
+        Err(e) => Err(StartupError::Bootstrap(e.to_string())),
+    }
+}
+
+/// The signing key of an embedded node: read from the data directory, or generated once and
+/// written there with mode 0600 so tokens survive a restart.
+fn embedded_jwt_secret(database_url: &str) -> Result<SecretString, StartupError> {
+    let Some(dir) = sqlite_file(database_url).and_then(|f| f.parent().map(Path::to_path_buf))
+    else {
+        tracing::warn!("in-memory database: using a signing key that lasts only this process");
+        return Ok(SecretString::from(surge_http::auth::random_token()));
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".").to_path_buf()
+    } else {
+        dir
+    };
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(JWT_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(key) if key.trim().len() >= surge_http::auth::MIN_JWT_SECRET_BYTES => {
+            return Ok(SecretString::from(key.trim().to_owned()));
+        }
+        Ok(_) => {
+            return Err(StartupError::Auth(format!(
+                "{} is too short; delete it to generate a new key",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let key = surge_http::auth::random_token();
+    write_private_file(&path, &key)?;
+    tracing::info!(path = %path.display(), "generated a JWT signing key");
+    Ok(SecretString::from(key))
+}
+
+fn write_private_file(path: &Path, contents: &str) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
