@@ -45,7 +45,7 @@ pub struct StopHandle(watch::Sender<bool>);
 impl StopHandle {
     /// Asks the node to stop: it stops accepting, finishes in-flight requests and returns.
     pub fn stop(&self) {
-        let _ = self.0.send(true);
+        self.0.send_replace(true);
     }
 }
 
@@ -133,7 +133,7 @@ impl Application {
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stop signal received; finishing in-flight requests");
-            let _ = signal_stop.send(true);
+            signal_stop.send_replace(true);
         });
         let purge = tokio::spawn(purge_sessions(state.db.clone()));
 

@@ -1,5 +1,7 @@
 //! Logging.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
@@ -10,5 +12,6 @@ pub fn init_logging(default_filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

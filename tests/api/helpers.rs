@@ -1,0 +1,318 @@
+//! Boots a real node on port 0 against a fresh database (a new SQLite file, or a new
+//! PostgreSQL database) and talks to it over HTTP with typed helpers.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use surge::{Application, Config, StopHandle};
+use tokio::task::JoinHandle;
+
+/// The bootstrap admin every test node gets.
+pub const ADMIN_LOGIN: &str = "root_admin";
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// The signing key handed to PostgreSQL nodes (embedded ones generate their own).
+pub const PG_JWT_SECRET: &str = "test-only-signing-key-0123456789abcdef";
+
+/// Which database a test node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+static LOGGING: Once = Once::new();
+
+fn init_logging() {
+    LOGGING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            surge::telemetry::init_logging("info,sqlx=warn");
+        }
+    });
+}
+
+/// The server URL of the PostgreSQL the tests may create databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("SURGE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (server, _) = base.rsplit_once('/').unwrap();
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
+}
+
+/// A database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub url: String,
+    /// The SQLite file's directory (removed when the test's TestDir drops).
+    pub dir: Option<PathBuf>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: Backend) -> Self {
+        let unique = uuid::Uuid::new_v4().simple().to_string();
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(format!("surge-test-{unique}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                let url = format!("sqlite://{}/surge.db", dir.display());
+                Self {
+                    backend,
+                    url,
+                    dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                sqlx::any::install_default_drivers();
+                let admin = pg_admin_url();
+                let name = format!("surge_test_{unique}");
+                let mut conn = sqlx::AnyConnection::connect(&admin).await.expect(
+                    "PostgreSQL must be reachable at SURGE_TEST_PG_URL (run scripts/test.sh)",
+                );
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                let _ = conn.close().await;
+                Self {
+                    backend,
+                    url: with_database(&admin, &name),
+                    dir: None,
+                }
+            }
+        }
+    }
+
+    /// Node configuration for this database.
+    pub fn config(&self) -> Config {
+        let mut vars = vec![
+            ("SURGE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("SURGE_DATABASE_URL", self.url.clone()),
+            ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", ADMIN_LOGIN.to_owned()),
+            ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+        ];
+        if self.backend == Backend::Postgres {
+            vars.push(("SURGE_JWT_SECRET", PG_JWT_SECRET.to_owned()));
+        }
+        Config::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap()
+    }
+
+    /// The key the node signs with.
+    pub fn jwt_secret(&self) -> String {
+        match &self.dir {
+            Some(dir) => std::fs::read_to_string(dir.join("jwt-secret"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+            None => PG_JWT_SECRET.to_owned(),
+        }
+    }
+}
+
+/// A running node and a client for it.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    pub db: TestDatabase,
+    pub client: reqwest::Client,
+    stop: StopHandle,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+/// A signed-in member.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub user_id: i64,
+    pub login_id: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_on(TestDatabase::create(backend).await).await
+    }
+
+    pub async fn spawn_on(db: TestDatabase) -> Self {
+        init_logging();
+        let app = Application::build(db.config()).await.unwrap();
+        let addr = app.local_addr().unwrap();
+        let stop = app.stop_handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        Self {
+            base: format!("http://{addr}"),
+            db,
+            client: reqwest::Client::builder().build().unwrap(),
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(self) -> TestDatabase {
+        self.stop.stop();
+        self.task.await.unwrap().unwrap();
+        self.db
+    }
+
+    /// Stops the node and starts a new one on the same database.
+    pub async fn restart(self) -> Self {
+        let db = self.stop().await;
+        Self::spawn_on(db).await
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    pub async fn sign_up(&self, login_id: &str, password: &str, name: &str) -> (StatusCode, Value) {
+        send(self.post("/api/v1/users").json(&json!({
+            "loginId": login_id, "password": password, "name": name
+        })))
+        .await
+    }
+
+    pub async fn login(&self, login_id: &str, password: &str) -> (StatusCode, Value) {
+        send(
+            self.post("/api/v1/auth/login")
+                .json(&json!({ "loginId": login_id, "password": password })),
+        )
+        .await
+    }
+
+    /// Signs up a new USER with a unique login id and logs in.
+    pub async fn new_user(&self) -> TestUser {
+        let login_id = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let password = "password-123".to_owned();
+        let (status, body) = self.sign_up(&login_id, &password, "Test Buyer").await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.logged_in(&login_id, &password, body["userId"].as_i64().unwrap())
+            .await
+    }
+
+    /// Logs in as the bootstrap admin.
+    pub async fn admin(&self) -> TestUser {
+        let (status, body) = self.login(ADMIN_LOGIN, ADMIN_PASSWORD).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, me) = send(
+            self.get("/api/v1/users/me")
+                .bearer_auth(body["accessToken"].as_str().unwrap()),
+        )
+        .await;
+        tokens_of(
+            ADMIN_LOGIN,
+            ADMIN_PASSWORD,
+            me["userId"].as_i64().unwrap(),
+            &body,
+        )
+    }
+
+    async fn logged_in(&self, login_id: &str, password: &str, user_id: i64) -> TestUser {
+        let (status, body) = self.login(login_id, password).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokens_of(login_id, password, user_id, &body)
+    }
+
+    /// Creates an item as the admin and returns its JSON.
+    pub async fn create_item(&self, admin: &TestUser, name: &str, price: i64, stock: i64) -> Value {
+        let (status, body) = send(
+            self.post("/api/v1/items")
+                .bearer_auth(&admin.access)
+                .json(&json!({ "name": name, "price": price, "stock": stock })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+}
+
+fn tokens_of(login_id: &str, password: &str, user_id: i64, body: &Value) -> TestUser {
+    TestUser {
+        user_id,
+        login_id: login_id.to_owned(),
+        password: password.to_owned(),
+        access: body["accessToken"].as_str().unwrap().to_owned(),
+        refresh: body["refreshToken"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Sends a request and returns the status and the JSON body (Null when there is none).
+pub async fn send(request: RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let bytes = response.bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, body)
+}
+
+/// Asserts an error answer: status, code, and that it has a message.
+#[track_caller]
+pub fn assert_error(actual: &(StatusCode, Value), status: u16, code: &str) {
+    let (got_status, body) = actual;
+    assert_eq!(got_status.as_u16(), status, "body: {body}");
+    assert_eq!(body["code"], code, "body: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {body}"
+    );
+}
+
+/// Runs a test body once on SQLite and once on PostgreSQL, each with a fresh node.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(async fn $name:ident($app:ident: TestApp) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[allow(unused_imports)]
+                use $crate::helpers::*;
+
+                async fn run($app: TestApp) $body
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    run(TestApp::spawn(Backend::Sqlite).await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    run(TestApp::spawn(Backend::Postgres).await).await;
+                }
+            }
+        )*
+    };
+}

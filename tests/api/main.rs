@@ -1,0 +1,12 @@
+//! HTTP tests against a real node, each on SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+mod helpers;
+
+mod auth;
+mod errors;
+mod items;
+mod members;
+mod ops;
+mod restart;

@@ -1,0 +1,84 @@
+use reqwest::StatusCode;
+
+use crate::helpers::{TestApp, assert_error, send};
+use crate::on_both_backends;
+
+on_both_backends! {
+    async fn health_metrics_and_openapi(app: TestApp) {
+        assert_eq!(send(app.get("/health/live")).await.0, StatusCode::OK);
+        let (status, ready) = send(app.get("/health/ready")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ready["checks"]["database"], "UP");
+
+        let user = app.new_user().await;
+        assert_error(&send(app.get("/metrics")).await, 401, "UNAUTHENTICATED");
+        assert_error(&send(app.get("/metrics").bearer_auth(&user.access)).await, 403, "FORBIDDEN");
+        let admin = app.admin().await;
+        let metrics = app.get("/metrics").bearer_auth(&admin.access).send().await.unwrap();
+        assert_eq!(metrics.status(), StatusCode::OK);
+        let text = metrics.text().await.unwrap();
+        assert!(text.contains(r#"surge_http_requests_total{method="POST",route="/api/v1/users",status="201"} 1"#), "{text}");
+        assert!(text.contains(r#"surge_http_request_duration_seconds_bucket{le="0.005""#) || text.contains("surge_http_request_duration_seconds_bucket"), "{text}");
+
+        let (status, doc) = send(app.get("/openapi.json")).await;
+        assert_eq!(status, StatusCode::OK);
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, method) in [
+            ("/api/v1/users", "post"), ("/api/v1/auth/login", "post"), ("/api/v1/auth/refresh", "post"),
+            ("/api/v1/auth/logout", "post"), ("/api/v1/users/me", "get"), ("/api/v1/users/{userId}", "get"),
+            ("/api/v1/items", "post"), ("/api/v1/items", "get"), ("/api/v1/items/{itemId}", "get"),
+            ("/api/v1/items/{itemId}/restock", "post"), ("/health/live", "get"), ("/health/ready", "get"),
+            ("/metrics", "get"),
+        ] {
+            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_the_database_while_it_refuses_connections() {
+    use sqlx::Connection;
+    let app = TestApp::spawn(crate::helpers::Backend::Postgres).await;
+    let name = app
+        .db
+        .url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut admin = sqlx::AnyConnection::connect(&crate::helpers::pg_admin_url())
+        .await
+        .unwrap();
+    let run = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
+    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    run(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let down = send(app.get("/health/ready")).await;
+    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_error(&down, 503, "NOT_READY");
+    assert_eq!(down.1["details"]["failing"][0], "database");
+    // It comes back by itself once the database does.
+    let mut recovered = false;
+    for _ in 0..50 {
+        if send(app.get("/health/ready")).await.0 == StatusCode::OK {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "readiness did not recover");
+    app.stop().await;
+}
