@@ -13,6 +13,15 @@ pub enum PersistenceError {
     /// The write would take a value past its limit (for example stock above the maximum).
     #[error("limit exceeded")]
     LimitExceeded,
+    /// The group-commit queue is full: back off.
+    #[error("the write queue is full")]
+    Overloaded,
+    /// The group-commit writer has stopped.
+    #[error("the writer has stopped")]
+    Closed,
+    /// The transaction a write was batched into failed.
+    #[error("batched write failed: {0}")]
+    Batch(String),
     /// The URL names a database kind this build does not speak.
     #[error("unsupported database url: {0}")]
     UnsupportedUrl(String),

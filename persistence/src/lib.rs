@@ -5,10 +5,13 @@
 //! no vendor functions on the hot path. Each back end has its own migration folder because DDL
 //! (identity columns) is where the dialects really differ.
 
+pub mod committer;
 mod db;
 mod error;
 pub mod items;
+pub mod orders;
 pub mod sessions;
+pub mod stock;
 pub mod users;
 
 pub use db::{Backend, Database, DatabaseOptions, now_millis, sqlite_file};

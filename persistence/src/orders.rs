@@ -1,0 +1,616 @@
+//! Orders, order lines, reservations and the outbox: the rows an order saga writes, and the
+//! statements that write them inside a group-commit transaction (see [`crate::committer`]).
+
+use sqlx::{AnyConnection, FromRow};
+
+use crate::{Database, PersistenceError, now_millis};
+
+/// Order status as stored.
+pub mod status {
+    /// Saga running.
+    pub const PROCESSING: &str = "PROCESSING";
+    /// Every line reserved and confirmed.
+    pub const SUCCEEDED: &str = "SUCCEEDED";
+    /// Refused; nothing held.
+    pub const FAILED: &str = "FAILED";
+    /// Cancelled after success; stock returned.
+    pub const CANCELLED: &str = "CANCELLED";
+}
+
+/// Line status as stored.
+pub mod line_status {
+    /// Not decided yet.
+    pub const PROCESSING: &str = "PROCESSING";
+    /// Units held (or sold, once the order succeeded).
+    pub const RESERVED: &str = "RESERVED";
+    /// Not enough units.
+    pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
+    /// No such item.
+    pub const ITEM_NOT_FOUND: &str = "ITEM_NOT_FOUND";
+    /// Units given back (failed sibling line, cancellation, expiry).
+    pub const RELEASED: &str = "RELEASED";
+}
+
+/// One line of a new order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrderLine {
+    /// Item.
+    pub item_id: i64,
+    /// Units.
+    pub quantity: i64,
+    /// Price per unit when ordered.
+    pub unit_price: i64,
+}
+
+/// An order as the saga first writes it (status PROCESSING).
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    /// Id allocated by the node beforehand.
+    pub id: i64,
+    /// Buyer.
+    pub user_id: i64,
+    /// Lines, in request order.
+    pub lines: Vec<NewOrderLine>,
+    /// Coupon named by the request.
+    pub coupon_id: Option<i64>,
+    /// Sum of the lines minus the discount.
+    pub total_price: i64,
+    /// Discount applied.
+    pub discount: i64,
+    /// Idempotency key and request hash, when the client sent a key.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// Result of writing a new order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BeginOutcome {
+    /// The order is stored.
+    Created,
+    /// The key was used before by this member: nothing was written.
+    Duplicate {
+        /// The order the key belongs to.
+        order_id: i64,
+        /// Hash of the request that first used the key.
+        request_hash: String,
+    },
+}
+
+/// A stock actor's reservations of one item, written together.
+#[derive(Debug, Clone)]
+pub struct ReserveBatch {
+    /// Item.
+    pub item_id: i64,
+    /// The writing actor's epoch; a different epoch on the allotment row fences the batch.
+    pub epoch: i64,
+    /// When unconfirmed reservations expire.
+    pub deadline_at: i64,
+    /// (order id, units) per reservation.
+    pub reservations: Vec<(i64, i64)>,
+}
+
+/// Result of a reservation batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Durable.
+    Written,
+    /// The actor no longer owns the item; nothing was written.
+    Fenced,
+}
+
+/// How an order ends.
+#[derive(Debug, Clone)]
+pub struct OrderResolution {
+    /// Order.
+    pub order_id: i64,
+    /// Final line statuses, by line index, when the saga failed (ignored on success: every
+    /// line becomes RESERVED).
+    pub line_statuses: Vec<&'static str>,
+    /// Why it failed (None on success).
+    pub failure: Option<String>,
+}
+
+/// Result of resolving an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveOutcome {
+    /// Now SUCCEEDED.
+    Succeeded,
+    /// Now FAILED (asked for, or a reservation had expired before confirmation).
+    Failed,
+    /// It was not PROCESSING any more; nothing changed.
+    AlreadyFinal,
+}
+
+/// Result of a cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// Now CANCELLED, stock returned.
+    Cancelled,
+    /// It was not SUCCEEDED; nothing changed.
+    NotCancellable,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    /// Id.
+    pub id: i64,
+    /// Buyer.
+    pub user_id: i64,
+    /// PROCESSING, SUCCEEDED, FAILED or CANCELLED.
+    pub status: String,
+    /// Coupon used.
+    pub coupon_id: Option<i64>,
+    /// Total after discount.
+    pub total_price: i64,
+    /// Discount.
+    pub discount: i64,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+    /// Lines in order.
+    pub lines: Vec<OrderLineRecord>,
+}
+
+/// An order line as stored.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct OrderLineRecord {
+    /// Item.
+    pub item_id: i64,
+    /// Units.
+    pub quantity: i64,
+    /// Unit price.
+    pub unit_price: i64,
+    /// Line status.
+    pub status: String,
+}
+
+#[derive(FromRow)]
+struct OrderRow {
+    id: i64,
+    user_id: i64,
+    status: String,
+    coupon_id: Option<i64>,
+    total_price: i64,
+    discount: i64,
+    failure_reason: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl OrderRow {
+    fn with_lines(self, lines: Vec<OrderLineRecord>) -> OrderRecord {
+        OrderRecord {
+            id: self.id,
+            user_id: self.user_id,
+            status: self.status,
+            coupon_id: self.coupon_id,
+            total_price: self.total_price,
+            discount: self.discount,
+            failure_reason: self.failure_reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            lines,
+        }
+    }
+}
+
+const ORDER_COLUMNS: &str =
+    "id, user_id, status, coupon_id, total_price, discount, failure_reason, created_at, updated_at";
+
+// ---- statements run inside a group-commit transaction -------------------------------------
+
+pub(crate) async fn begin_order(
+    conn: &mut AnyConnection,
+    order: &NewOrder,
+    now: i64,
+) -> Result<BeginOutcome, sqlx::Error> {
+    if let Some((key, hash)) = &order.idempotency {
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(order.user_id)
+        .bind(key)
+        .bind(hash)
+        .bind(order.id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            let (order_id, request_hash): (i64, String) = sqlx::query_as(
+                "SELECT order_id, request_hash FROM idempotency_keys \
+                 WHERE user_id = $1 AND idem_key = $2",
+            )
+            .bind(order.user_id)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+            return Ok(BeginOutcome::Duplicate {
+                order_id,
+                request_hash,
+            });
+        }
+    }
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, created_at, updated_at) \
+         VALUES ($1, $2, 'PROCESSING', $3, $4, $5, $6, $6)",
+    )
+    .bind(order.id)
+    .bind(order.user_id)
+    .bind(order.coupon_id)
+    .bind(order.total_price)
+    .bind(order.discount)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    for (line_no, line) in order.lines.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
+             VALUES ($1, $2, $3, $4, $5, 'PROCESSING')",
+        )
+        .bind(order.id)
+        .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
+        .bind(line.item_id)
+        .bind(line.quantity)
+        .bind(line.unit_price)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(BeginOutcome::Created)
+}
+
+pub(crate) async fn reserve(
+    conn: &mut AnyConnection,
+    batch: &ReserveBatch,
+    now: i64,
+) -> Result<ReserveOutcome, sqlx::Error> {
+    let units: i64 = batch.reservations.iter().map(|(_, q)| q).sum();
+    let fenced = sqlx::query(
+        "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
+         WHERE item_id = $3 AND epoch = $4 AND units >= $1",
+    )
+    .bind(units)
+    .bind(now)
+    .bind(batch.item_id)
+    .bind(batch.epoch)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 0;
+    if fenced {
+        return Ok(ReserveOutcome::Fenced);
+    }
+    for (order_id, quantity) in &batch.reservations {
+        sqlx::query(
+            "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'HELD', $4, $5, $6, $6)",
+        )
+        .bind(order_id)
+        .bind(batch.item_id)
+        .bind(quantity)
+        .bind(batch.epoch)
+        .bind(batch.deadline_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(ReserveOutcome::Written)
+}
+
+/// Releases one reservation in `from` status, returning its units to the item. Idempotent:
+/// a reservation already released changes nothing.
+async fn release_reservation(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    item_id: i64,
+    from: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let quantity: Option<(i64,)> = sqlx::query_as(
+        "UPDATE reservations SET status = 'RELEASED', updated_at = $1 \
+         WHERE order_id = $2 AND item_id = $3 AND status = $4 RETURNING quantity",
+    )
+    .bind(now)
+    .bind(order_id)
+    .bind(item_id)
+    .bind(from)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((quantity,)) = quantity else {
+        return Ok(false);
+    };
+    sqlx::query("UPDATE items SET available = available + $1, updated_at = $2 WHERE id = $3")
+        .bind(quantity)
+        .bind(now)
+        .bind(item_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+async fn reservations_of(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    status: &str,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let rows: Vec<(i64,)> =
+        sqlx::query_as("SELECT item_id FROM reservations WHERE order_id = $1 AND status = $2")
+            .bind(order_id)
+            .bind(status)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+async fn outbox(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    status: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let payload = format!(r#"{{"orderId":{order_id},"status":"{status}","at":{now}}}"#);
+    sqlx::query(
+        "INSERT INTO outbox (topic, event_key, payload, created_at) VALUES ('order-status', $1, $2, $3)",
+    )
+    .bind(order_id.to_string())
+    .bind(payload)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn set_line_statuses(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    statuses: &[&str],
+) -> Result<(), sqlx::Error> {
+    for (line_no, status) in statuses.iter().enumerate() {
+        sqlx::query("UPDATE order_lines SET status = $1 WHERE order_id = $2 AND line_no = $3")
+            .bind(*status)
+            .bind(order_id)
+            .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn fail_order(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    line_statuses: &[&'static str],
+    reason: &str,
+    now: i64,
+) -> Result<ResolveOutcome, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE orders SET status = 'FAILED', failure_reason = $1, updated_at = $2 \
+         WHERE id = $3 AND status = 'PROCESSING'",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(ResolveOutcome::AlreadyFinal);
+    }
+    for item_id in reservations_of(conn, order_id, "HELD").await? {
+        release_reservation(conn, order_id, item_id, "HELD", now).await?;
+    }
+    if line_statuses.is_empty() {
+        sqlx::query(
+            "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
+             AND status <> 'ITEM_NOT_FOUND'",
+        )
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        set_line_statuses(conn, order_id, line_statuses).await?;
+    }
+    outbox(conn, order_id, status::FAILED, now).await?;
+    Ok(ResolveOutcome::Failed)
+}
+
+pub(crate) async fn resolve_order(
+    conn: &mut AnyConnection,
+    resolution: &OrderResolution,
+    now: i64,
+) -> Result<ResolveOutcome, sqlx::Error> {
+    if let Some(reason) = &resolution.failure {
+        return fail_order(
+            conn,
+            resolution.order_id,
+            &resolution.line_statuses,
+            reason,
+            now,
+        )
+        .await;
+    }
+    let (lines,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM order_lines WHERE order_id = $1")
+        .bind(resolution.order_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let confirmed = sqlx::query(
+        "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
+         WHERE order_id = $2 AND status = 'HELD'",
+    )
+    .bind(now)
+    .bind(resolution.order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if i64::try_from(confirmed).unwrap_or(i64::MAX) != lines {
+        // A reservation expired before the saga confirmed it: the order cannot succeed. Put
+        // back what was just confirmed and fail it, all in this transaction.
+        for item_id in reservations_of(conn, resolution.order_id, "CONFIRMED").await? {
+            release_reservation(conn, resolution.order_id, item_id, "CONFIRMED", now).await?;
+        }
+        return fail_order(
+            conn,
+            resolution.order_id,
+            &[],
+            "a reservation expired before the order completed",
+            now,
+        )
+        .await;
+    }
+    let changed = sqlx::query(
+        "UPDATE orders SET status = 'SUCCEEDED', updated_at = $1 WHERE id = $2 AND status = 'PROCESSING'",
+    )
+    .bind(now)
+    .bind(resolution.order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(ResolveOutcome::AlreadyFinal);
+    }
+    sqlx::query("UPDATE order_lines SET status = 'RESERVED' WHERE order_id = $1")
+        .bind(resolution.order_id)
+        .execute(&mut *conn)
+        .await?;
+    outbox(conn, resolution.order_id, status::SUCCEEDED, now).await?;
+    Ok(ResolveOutcome::Succeeded)
+}
+
+pub(crate) async fn cancel_order(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    now: i64,
+) -> Result<CancelOutcome, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE orders SET status = 'CANCELLED', updated_at = $1 WHERE id = $2 AND status = 'SUCCEEDED'",
+    )
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(CancelOutcome::NotCancellable);
+    }
+    for item_id in reservations_of(conn, order_id, "CONFIRMED").await? {
+        release_reservation(conn, order_id, item_id, "CONFIRMED", now).await?;
+    }
+    sqlx::query("UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?;
+    outbox(conn, order_id, status::CANCELLED, now).await?;
+    Ok(CancelOutcome::Cancelled)
+}
+
+/// Releases HELD reservations past their deadline; returns how many.
+pub(crate) async fn release_expired(
+    conn: &mut AnyConnection,
+    now: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let expired: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT order_id, item_id FROM reservations WHERE status = 'HELD' AND deadline_at < $1 LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut released = 0;
+    for (order_id, item_id) in expired {
+        if release_reservation(conn, order_id, item_id, "HELD", now).await? {
+            released += 1;
+        }
+    }
+    Ok(released)
+}
+
+// ---- reads ---------------------------------------------------------------------------------
+
+impl Database {
+    /// One order with its lines.
+    pub async fn order_by_id(&self, id: i64) -> Result<Option<OrderRecord>, PersistenceError> {
+        let row: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let lines = self.lines_of(id).await?;
+        Ok(Some(row.with_lines(lines)))
+    }
+
+    async fn lines_of(&self, order_id: i64) -> Result<Vec<OrderLineRecord>, PersistenceError> {
+        Ok(sqlx::query_as(
+            "SELECT item_id, quantity, unit_price, status FROM order_lines \
+             WHERE order_id = $1 ORDER BY line_no",
+        )
+        .bind(order_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// A member's orders, newest first, with ids below `before`.
+    pub async fn orders_of_user(
+        &self,
+        user_id: i64,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, PersistenceError> {
+        let rows: Vec<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+        )))
+        .bind(user_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in rows {
+            let lines = self.lines_of(row.id).await?;
+            orders.push(row.with_lines(lines));
+        }
+        Ok(orders)
+    }
+
+    /// Orders still PROCESSING (at start: sagas a previous process left unfinished).
+    pub async fn processing_orders(&self) -> Result<Vec<i64>, PersistenceError> {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM orders WHERE status = 'PROCESSING'")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Units sold (confirmed) of an item.
+    pub async fn units_sold(&self, item_id: i64) -> Result<i64, PersistenceError> {
+        let (sold,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+             WHERE item_id = $1 AND status = 'CONFIRMED'",
+        )
+        .bind(item_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(sold)
+    }
+
+    /// Allocates a block of `size` order ids; returns the first.
+    pub async fn allocate_order_ids(&self, size: i64) -> Result<i64, PersistenceError> {
+        let (next,): (i64,) = sqlx::query_as(
+            "UPDATE id_blocks SET next_id = next_id + $1 WHERE name = 'orders' RETURNING next_id",
+        )
+        .bind(size)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(next - size)
+    }
+
+    /// Current time, for callers that stamp rows.
+    pub fn now(&self) -> i64 {
+        now_millis()
+    }
+}
