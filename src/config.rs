@@ -4,6 +4,7 @@
 //! variable (see [`ConfigError`]), before anything listens or connects.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use surge_domain::{LoginId, Password};
@@ -56,6 +57,16 @@ pub struct Config {
     pub jwt_secret: Option<SecretString>,
     /// `SURGE_BOOTSTRAP_ADMIN_LOGIN_ID` and `SURGE_BOOTSTRAP_ADMIN_PASSWORD`.
     pub bootstrap_admin: Option<BootstrapAdmin>,
+    /// `SURGE_NODE_ID`: owner name of the allotments this node takes.
+    pub node_id: String,
+    /// `SURGE_ORDER_ANSWER_TIMEOUT_MS`: how long a client waits before 202 PROCESSING.
+    pub order_answer_timeout: Duration,
+    /// `SURGE_FLUSH_TICK_MS`: how long the group-commit writer lingers for companions.
+    pub flush_tick: Duration,
+    /// `SURGE_MAX_INFLIGHT_ORDERS`: orders worked on at once before 503.
+    pub max_inflight_orders: usize,
+    /// `SURGE_RESERVATION_TTL_MS`: an unconfirmed reservation's lifetime.
+    pub reservation_ttl: Duration,
 }
 
 impl Config {
@@ -133,7 +144,41 @@ impl Config {
                 ));
             }
         };
+        let number = |variable: &'static str,
+                      default: u64,
+                      min: u64,
+                      max: u64|
+         -> Result<u64, ConfigError> {
+            match get(variable) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| {
+                        invalid(
+                            variable,
+                            format!("must be a whole number from {min} to {max}"),
+                        )
+                    }),
+            }
+        };
+        let node_id = get("SURGE_NODE_ID").unwrap_or_else(|| "node-1".to_owned());
+        let order_answer_timeout =
+            Duration::from_millis(number("SURGE_ORDER_ANSWER_TIMEOUT_MS", 3_000, 1, 60_000)?);
+        let flush_tick = Duration::from_millis(number("SURGE_FLUSH_TICK_MS", 1, 0, 1_000)?);
+        let max_inflight_orders =
+            usize::try_from(number("SURGE_MAX_INFLIGHT_ORDERS", 8_192, 1, 1_000_000)?)
+                .unwrap_or(8_192);
+        let reservation_ttl =
+            Duration::from_millis(number("SURGE_RESERVATION_TTL_MS", 30_000, 100, 3_600_000)?);
         Ok(Self {
+            node_id,
+            order_answer_timeout,
+            flush_tick,
+            max_inflight_orders,
+            reservation_ttl,
             http_addr,
             admin_addr,
             database_url,

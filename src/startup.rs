@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use surge_actors::{OrderSagas, StockActors, StockConfig};
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
-use surge_http::{AppState, AuthService, AuthSettings, Metrics};
+use surge_http::{AppState, AuthService, AuthSettings, Metrics, OrderServices};
+use surge_persistence::committer::{CommitterConfig, GroupCommitter};
 use surge_persistence::{Database, DatabaseOptions, PersistenceError, now_millis, sqlite_file};
+use surge_supervisors::{CircuitConfig, CircuitRegistry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -18,6 +21,8 @@ use crate::config::{BootstrapAdmin, Config};
 
 /// Name of the generated signing key kept next to the embedded database.
 const JWT_KEY_FILE: &str = "jwt-secret";
+/// How often the sweeper releases reservations whose saga died.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired login sessions are deleted.
 const SESSION_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
@@ -36,6 +41,9 @@ pub enum StartupError {
     /// The bootstrap admin could not be created.
     #[error("bootstrap admin: {0}")]
     Bootstrap(String),
+    /// An actor system could not start.
+    #[error("actors: {0}")]
+    Actors(String),
 }
 
 /// Stops a running node as SIGTERM would. Cloneable; used by tests and embedders.
@@ -56,6 +64,7 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     state: AppState,
     stop: watch::Sender<bool>,
+    committer_task: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -75,10 +84,55 @@ impl Application {
             .await?;
         let auth =
             AuthService::new(&AuthSettings { jwt_secret }, revoked).map_err(StartupError::Auth)?;
+        let (committer, commit_stats, committer_task) = GroupCommitter::start(
+            db.clone(),
+            CommitterConfig {
+                linger: config.flush_tick,
+                ..CommitterConfig::default()
+            },
+        );
+        let circuits = CircuitRegistry::new();
+        let db_breaker = circuits.get_or_create("database", CircuitConfig::default());
+        let stock = StockActors::start(
+            db.clone(),
+            committer.clone(),
+            StockConfig {
+                owner: config.node_id.clone(),
+                reservation_ttl: config.reservation_ttl,
+                ..StockConfig::default()
+            },
+        )
+        .await
+        .map_err(|e| StartupError::Actors(e.to_string()))?;
+        let sagas = OrderSagas::start(
+            db.clone(),
+            committer.clone(),
+            stock.clone(),
+            db_breaker.clone(),
+        )
+        .await
+        .map_err(|e| StartupError::Actors(e.to_string()))?;
+        // Before serving: give back what a previous process of this node had checked out, and
+        // compensate the orders it left half done.
+        let reclaimed = db.reclaim_allotments(&config.node_id).await?;
+        let compensated = sagas.recover().await?;
+        if reclaimed > 0 || compensated > 0 {
+            tracing::info!(reclaimed, compensated, "recovered from the previous run");
+        }
         let state = AppState {
             db,
             auth: Arc::new(auth),
             metrics: Arc::new(Metrics::new()),
+            orders: OrderServices {
+                sagas,
+                stock,
+                committer,
+                commit_stats,
+                circuits,
+                db_breaker,
+                admission: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_orders)),
+                answer_deadline: config.order_answer_timeout,
+            },
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;
@@ -94,6 +148,7 @@ impl Application {
             admin_listener,
             state,
             stop,
+            committer_task,
         })
     }
 
@@ -122,6 +177,7 @@ impl Application {
             admin_listener,
             state,
             stop,
+            committer_task,
         } = self;
         let stopping = {
             let mut rx = stop.subscribe();
@@ -136,6 +192,7 @@ impl Application {
             signal_stop.send_replace(true);
         });
         let purge = tokio::spawn(purge_sessions(state.db.clone()));
+        let sweeper = tokio::spawn(sweep_reservations(state.orders.committer.clone()));
 
         let admin_task = admin_listener.map(|admin| {
             let router = surge_http::admin_router(state.clone());
@@ -161,7 +218,20 @@ impl Application {
             let _ = task.await;
         }
         purge.abort();
-        state.db.close().await;
+        sweeper.abort();
+        // In-flight requests are done: commit the stock actors' last batches, give unsold
+        // allotments back, then let the writer finish its queue.
+        state.orders.stock.drain().await;
+        state.orders.sagas.stop();
+        let AppState { db, orders, .. } = state;
+        drop(orders);
+        if tokio::time::timeout(Duration::from_secs(10), committer_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the writer did not finish in time");
+        }
+        db.close().await;
         tracing::info!("surge stopped");
         served
     }
@@ -185,6 +255,19 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+async fn sweep_reservations(committer: GroupCommitter) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match committer.release_expired().await {
+            Ok(n) if n > 0 => tracing::info!(released = n, "released expired reservations"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reservation sweep failed"),
+        }
     }
 }
 

@@ -72,6 +72,26 @@ pub enum ApiError {
         /// Seconds the client should wait.
         retry_after_secs: u32,
     },
+    /// Too much work or an open circuit: come back later.
+    #[error("{message}")]
+    Overloaded {
+        /// Why.
+        message: String,
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// A business refusal with its own code and details (OUT_OF_STOCK, ...).
+    #[error("{message}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// Code.
+        code: &'static str,
+        /// Human text.
+        message: String,
+        /// Details.
+        details: Option<Value>,
+    },
     /// A bug or an unexpected failure of a dependency. Logged, never shown.
     #[error("internal error")]
     Internal(String),
@@ -99,6 +119,8 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             Self::DuplicateLoginId => (StatusCode::CONFLICT, "DUPLICATE_LOGIN_ID"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
+            Self::Refused { status, code, .. } => (*status, *code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
     }
@@ -109,6 +131,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let details = match &self {
             Self::Validation(e) => Some(json!({ "field": e.field })),
+            Self::Refused { details, .. } => details.clone(),
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 None
@@ -122,6 +145,9 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, Json(body)).into_response();
         if let Self::Unavailable {
+            retry_after_secs, ..
+        }
+        | Self::Overloaded {
             retry_after_secs, ..
         } = self
         {

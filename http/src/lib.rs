@@ -8,6 +8,7 @@ mod extract;
 pub mod metrics;
 mod routes;
 mod state;
+mod time_fmt;
 
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ pub use auth::{AuthService, AuthSettings};
 pub use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
 pub use metrics::Metrics;
 pub use routes::users::create_member;
-pub use state::AppState;
+pub use state::{AppState, OrderServices};
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -34,6 +35,9 @@ pub use state::AppState;
         routes::users::sign_up, routes::users::me, routes::users::profile,
         routes::auth::login, routes::auth::refresh, routes::auth::logout,
         routes::items::create, routes::items::get, routes::items::search, routes::items::restock,
+        routes::orders::create, routes::orders::get, routes::orders::list,
+        routes::orders::cancel, routes::orders::events,
+        routes::admin::actors, routes::admin::circuits,
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
     components(schemas(ErrorBody)),
@@ -61,7 +65,7 @@ impl Modify for BearerAuth {
 
 /// The public API router.
 pub fn router(state: AppState) -> Router {
-    use routes::{auth, items, ops, users};
+    use routes::{admin, auth, items, ops, orders, users};
     let api = Router::new()
         .route("/api/v1/users", post(users::sign_up))
         .route("/api/v1/users/me", get(users::me))
@@ -72,6 +76,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/items", post(items::create).get(items::search))
         .route("/api/v1/items/{itemId}", get(items::get))
         .route("/api/v1/items/{itemId}/restock", post(items::restock))
+        .route("/api/v1/orders", post(orders::create).get(orders::list))
+        .route("/api/v1/orders/{orderId}", get(orders::get))
+        .route("/api/v1/orders/{orderId}/cancel", post(orders::cancel))
+        .route("/api/v1/orders/{orderId}/events", get(orders::events))
+        .route("/api/v1/admin/actors", get(admin::actors))
+        .route("/api/v1/admin/circuits", get(admin::circuits))
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics_for_admin))

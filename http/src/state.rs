@@ -1,6 +1,11 @@
 use std::sync::Arc;
+use std::time::Duration;
 
+use surge_actors::{OrderSagas, StockActors};
 use surge_persistence::Database;
+use surge_persistence::committer::{CommitStats, GroupCommitter};
+use surge_supervisors::{CircuitBreaker, CircuitRegistry};
+use tokio::sync::Semaphore;
 
 use crate::auth::AuthService;
 use crate::metrics::Metrics;
@@ -14,4 +19,28 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// Metric registry.
     pub metrics: Arc<Metrics>,
+    /// Orders: sagas, stock actors and the writer behind them.
+    pub orders: OrderServices,
+}
+
+/// The order machinery as the HTTP layer sees it.
+#[derive(Debug, Clone)]
+pub struct OrderServices {
+    /// Saga starter.
+    pub sagas: OrderSagas,
+    /// Stock actors.
+    pub stock: StockActors,
+    /// The group-commit writer.
+    pub committer: GroupCommitter,
+    /// Its counters.
+    pub commit_stats: Arc<std::sync::Mutex<CommitStats>>,
+    /// Every circuit breaker of the node.
+    pub circuits: CircuitRegistry,
+    /// The database's breaker: open means writes fail fast.
+    pub db_breaker: Arc<CircuitBreaker>,
+    /// Orders being worked on at once. A permit is taken per request and a full node answers
+    /// 503 at once instead of queueing without bound.
+    pub admission: Arc<Semaphore>,
+    /// How long a client waits for a saga before getting 202 PROCESSING.
+    pub answer_deadline: Duration,
 }

@@ -18,13 +18,25 @@ use crate::{Database, PersistenceError, now_millis};
 #[derive(Debug)]
 pub enum Write {
     /// A new PROCESSING order (and its idempotency claim).
-    BeginOrder(NewOrder, oneshot::Sender<Result<BeginOutcome, PersistenceError>>),
+    BeginOrder(
+        NewOrder,
+        oneshot::Sender<Result<BeginOutcome, PersistenceError>>,
+    ),
     /// A stock actor's reservations.
-    Reserve(ReserveBatch, oneshot::Sender<Result<ReserveOutcome, PersistenceError>>),
+    Reserve(
+        ReserveBatch,
+        oneshot::Sender<Result<ReserveOutcome, PersistenceError>>,
+    ),
     /// An order's final status.
-    Resolve(OrderResolution, oneshot::Sender<Result<ResolveOutcome, PersistenceError>>),
+    Resolve(
+        OrderResolution,
+        oneshot::Sender<Result<ResolveOutcome, PersistenceError>>,
+    ),
     /// A cancellation.
-    Cancel(i64, oneshot::Sender<Result<CancelOutcome, PersistenceError>>),
+    Cancel(
+        i64,
+        oneshot::Sender<Result<CancelOutcome, PersistenceError>>,
+    ),
     /// The sweeper: release expired reservations.
     ReleaseExpired(oneshot::Sender<Result<u64, PersistenceError>>),
 }
@@ -77,7 +89,11 @@ impl GroupCommitter {
     pub fn start(
         db: Database,
         config: CommitterConfig,
-    ) -> (Self, std::sync::Arc<std::sync::Mutex<CommitStats>>, tokio::task::JoinHandle<()>) {
+    ) -> (
+        Self,
+        std::sync::Arc<std::sync::Mutex<CommitStats>>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let stats = std::sync::Arc::new(std::sync::Mutex::new(CommitStats::default()));
         let task = tokio::spawn(run(db, config, rx, stats.clone()));
@@ -162,7 +178,11 @@ fn fail(write: Write, err: &PersistenceError) {
     }
 }
 
-async fn apply(conn: &mut sqlx::AnyConnection, write: &Write, now: i64) -> Result<Outcome, sqlx::Error> {
+async fn apply(
+    conn: &mut sqlx::AnyConnection,
+    write: &Write,
+    now: i64,
+) -> Result<Outcome, sqlx::Error> {
     Ok(match write {
         Write::BeginOrder(order, _) => Outcome::Begin(orders::begin_order(conn, order, now).await?),
         Write::Reserve(batch, _) => Outcome::Reserve(orders::reserve(conn, batch, now).await?),

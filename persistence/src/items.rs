@@ -90,11 +90,13 @@ impl Database {
 
     /// The item with this id, if any.
     pub async fn item_by_id(&self, id: ItemId) -> Result<Option<ItemRecord>, PersistenceError> {
-        let row: Option<ItemRow> =
-            sqlx::query_as("SELECT id, name, price, available FROM items WHERE id = $1")
-                .bind(id.get())
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<ItemRow> = sqlx::query_as(
+            "SELECT i.id, i.name, i.price, i.available + COALESCE(a.units, 0) AS available \
+                 FROM items i LEFT JOIN stock_allotments a ON a.item_id = i.id WHERE i.id = $1",
+        )
+        .bind(id.get())
+        .fetch_optional(self.pool())
+        .await?;
         Ok(row.map(Into::into))
     }
 
@@ -105,9 +107,10 @@ impl Database {
     ) -> Result<Vec<ItemRecord>, PersistenceError> {
         let pattern = like_pattern(search.name_contains.as_deref().unwrap_or(""));
         let rows: Vec<ItemRow> = sqlx::query_as(
-            "SELECT id, name, price, available FROM items \
-             WHERE id > $1 AND LOWER(name) LIKE $2 ESCAPE '\\' AND price >= $3 AND price <= $4 \
-             ORDER BY id LIMIT $5",
+            "SELECT i.id, i.name, i.price, i.available + COALESCE(a.units, 0) AS available \
+             FROM items i LEFT JOIN stock_allotments a ON a.item_id = i.id \
+             WHERE i.id > $1 AND LOWER(i.name) LIKE $2 ESCAPE '\\' AND i.price >= $3 AND i.price <= $4 \
+             ORDER BY i.id LIMIT $5",
         )
         .bind(search.after.map_or(0, ItemId::get))
         .bind(pattern)
@@ -128,7 +131,8 @@ impl Database {
     ) -> Result<ItemRecord, PersistenceError> {
         let row: Option<ItemRow> = sqlx::query_as(
             "UPDATE items SET available = available + $1, updated_at = $2 \
-             WHERE id = $3 AND available + $1 <= $4 RETURNING id, name, price, available",
+             WHERE id = $3 AND available + $1 + COALESCE((SELECT units FROM stock_allotments \
+               WHERE item_id = $3), 0) <= $4 RETURNING id, name, price, available",
         )
         .bind(quantity.get())
         .bind(now_millis())
@@ -137,7 +141,7 @@ impl Database {
         .fetch_optional(self.pool())
         .await?;
         match row {
-            Some(row) => Ok(row.into()),
+            Some(_) => self.item_by_id(id).await?.ok_or(PersistenceError::NotFound),
             None if self.item_by_id(id).await?.is_some() => Err(PersistenceError::LimitExceeded),
             None => Err(PersistenceError::NotFound),
         }

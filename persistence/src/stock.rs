@@ -112,28 +112,59 @@ impl Database {
             if moved == 0 {
                 return Ok((0, available));
             }
-            sqlx::query("UPDATE stock_allotments SET units = units + $1 WHERE item_id = $2 AND epoch = $3")
-                .bind(take)
-                .bind(item_id)
-                .bind(epoch)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE stock_allotments SET units = units + $1 WHERE item_id = $2 AND epoch = $3",
+            )
+            .bind(take)
+            .bind(item_id)
+            .bind(epoch)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok((take, available - take))
     }
 
-    /// Gives every unreserved unit of the allotment back to the item (passivation, shutdown).
-    pub async fn return_allotment(&self, item_id: i64, epoch: i64) -> Result<i64, PersistenceError> {
+    /// At start: returns every unit this node's previous process had checked out (and not
+    /// reserved) to the items, and bumps the epochs so nothing that process wrote late can land.
+    pub async fn reclaim_allotments(&self, owner: &str) -> Result<u64, PersistenceError> {
         let now = now_millis();
         let mut tx = self.pool().begin().await?;
-        let units: Option<(i64,)> = sqlx::query_as(
-            "SELECT units FROM stock_allotments WHERE item_id = $1 AND epoch = $2",
+        sqlx::query(
+            "UPDATE items SET available = available + \
+               (SELECT units FROM stock_allotments a WHERE a.item_id = items.id), updated_at = $1 \
+             WHERE id IN (SELECT item_id FROM stock_allotments WHERE owner = $2 AND units > 0)",
         )
-        .bind(item_id)
-        .bind(epoch)
-        .fetch_optional(&mut *tx)
+        .bind(now)
+        .bind(owner)
+        .execute(&mut *tx)
         .await?;
+        let n = sqlx::query(
+            "UPDATE stock_allotments SET units = 0, epoch = epoch + 1, updated_at = $1 WHERE owner = $2",
+        )
+        .bind(now)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Gives every unreserved unit of the allotment back to the item (passivation, shutdown).
+    pub async fn return_allotment(
+        &self,
+        item_id: i64,
+        epoch: i64,
+    ) -> Result<i64, PersistenceError> {
+        let now = now_millis();
+        let mut tx = self.pool().begin().await?;
+        let units: Option<(i64,)> =
+            sqlx::query_as("SELECT units FROM stock_allotments WHERE item_id = $1 AND epoch = $2")
+                .bind(item_id)
+                .bind(epoch)
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some((units,)) = units else {
             return Ok(0);
         };

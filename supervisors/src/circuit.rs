@@ -990,11 +990,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(b.config().failure_threshold, 5);
         let _db = registry.get_or_create("db", CircuitConfig::default());
-        let names: Vec<_> = registry
-            .snapshots()
-            .iter()
-            .map(|s| s.dependency)
-            .collect();
+        let names: Vec<_> = registry.snapshots().iter().map(|s| s.dependency).collect();
         assert_eq!(names, ["db", "payments"]);
     }
 

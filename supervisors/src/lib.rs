@@ -10,7 +10,7 @@
 //!   each. After a cool-down it lets a single trial call through to find out
 //!   whether the dependency is back. Breakers live in a [`CircuitRegistry`],
 //!   whose [`snapshots`](CircuitRegistry::snapshots) feed the admin API.
-//! * [`retry`] with full-jitter exponential backoff ([`RetryPolicy`]), bounded
+//! * [`retry()`] with full-jitter exponential backoff ([`RetryPolicy`]), bounded
 //!   by the deadline of the request being served: a retry that could not
 //!   finish before the client gives up is not attempted, and the last error
 //!   is returned instead.

@@ -10,6 +10,14 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
+/// Margin kept between the end of a backoff and the deadline.
+///
+/// Tokio's timer has millisecond resolution and rounds sleep deadlines up, so
+/// a sleep until `wake` can end up to 1 ms later. Requiring this much slack
+/// guarantees the sleep itself never runs past the request's deadline (and an
+/// attempt started with less than a millisecond left would be useless anyway).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
 /// How many times, and how far apart, to retry a failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -51,8 +59,9 @@ impl RetryPolicy {
 
 /// Calls `f(attempt)` (attempt counts from 0) until it succeeds, returns an
 /// error for which `is_retryable` is false, `policy.max_attempts` have been
-/// made, or the next backoff would end at or after `deadline`; in the last
-/// three cases the most recent error is returned.
+/// made, or the next backoff would not end before `deadline` (with 1 ms of
+/// slack for timer resolution); in the last three cases the most recent error
+/// is returned.
 ///
 /// The first attempt is always made, even past the deadline (there is no
 /// error value to return otherwise), and a running attempt is not cut short
@@ -82,12 +91,13 @@ where
         // The thread-local RNG is `!Send`; it lives only for this statement
         // so the returned future stays `Send`.
         let delay = policy.delay(attempt, &mut rand::thread_rng());
-        let wake = match Instant::now().checked_add(delay) {
-            Some(wake) if wake < deadline => wake,
-            _ => {
-                tracing::debug!(attempt, ?delay, "retry abandoned: deadline too close");
-                return Err(err);
-            }
+        let wake = Instant::now().checked_add(delay).filter(|wake| {
+            wake.checked_add(TIMER_SLACK)
+                .is_some_and(|end| end < deadline)
+        });
+        let Some(wake) = wake else {
+            tracing::debug!(attempt, ?delay, "retry abandoned: deadline too close");
+            return Err(err);
         };
         tracing::debug!(attempt, ?delay, "retrying after backoff");
         tokio::time::sleep_until(wake).await;
@@ -150,7 +160,13 @@ mod tests {
             |_: &&str| true,
             |attempt| {
                 calls.push(attempt);
-                async move { if attempt < 2 { Err("flaky") } else { Ok(attempt) } }
+                async move {
+                    if attempt < 2 {
+                        Err("flaky")
+                    } else {
+                        Ok(attempt)
+                    }
+                }
             },
         )
         .await;
@@ -179,18 +195,29 @@ mod tests {
     async fn respects_max_attempts_and_returns_last_error() {
         let start = Instant::now();
         let policy = RetryPolicy::default();
-        let result: Result<(), u32> =
-            retry(&policy, far(), |_| true, |attempt| async move { Err(attempt) }).await;
+        let result: Result<(), u32> = retry(
+            &policy,
+            far(),
+            |_| true,
+            |attempt| async move { Err(attempt) },
+        )
+        .await;
         assert_eq!(result, Err(3));
-        // Three backoffs, each at most its cap.
-        assert!(start.elapsed() <= policy.cap(0) + policy.cap(1) + policy.cap(2));
+        // Three backoffs, each at most its cap (plus timer rounding).
+        let caps = policy.cap(0) + policy.cap(1) + policy.cap(2);
+        assert!(start.elapsed() <= caps + 3 * TIMER_SLACK);
 
         let once = RetryPolicy {
             max_attempts: 0,
             ..RetryPolicy::default()
         };
-        let result: Result<(), u32> =
-            retry(&once, far(), |_| true, |attempt| async move { Err(attempt) }).await;
+        let result: Result<(), u32> = retry(
+            &once,
+            far(),
+            |_| true,
+            |attempt| async move { Err(attempt) },
+        )
+        .await;
         assert_eq!(result, Err(0));
     }
 
@@ -246,8 +273,12 @@ mod tests {
     fn retry_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}
         let policy = RetryPolicy::default();
-        let fut = retry(&policy, far(), |_: &()| true, |_| async { Ok::<(), ()>(()) });
+        let fut = retry(
+            &policy,
+            far(),
+            |_: &()| true,
+            |_| async { Ok::<(), ()>(()) },
+        );
         assert_send(&fut);
     }
-
 }

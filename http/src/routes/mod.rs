@@ -1,4 +1,6 @@
+pub mod admin;
 pub mod auth;
 pub mod items;
 pub mod ops;
+pub mod orders;
 pub mod users;

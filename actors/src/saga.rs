@@ -1,0 +1,558 @@
+//! Order sagas: one actor per order that reserves every line (all or nothing), records the
+//! outcome with an outbox event in one group-committed transaction, and compensates on any
+//! failure.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde::Serialize;
+use surge_persistence::committer::GroupCommitter;
+use surge_persistence::orders::{
+    BeginOutcome, NewOrder, NewOrderLine, OrderResolution, ResolveOutcome, line_status,
+};
+use surge_persistence::{Database, PersistenceError};
+use surge_supervisors::{CircuitBreaker, RetryPolicy, retry};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::stock::{ReserveError, StockActors};
+
+/// A validated order request.
+#[derive(Debug, Clone)]
+pub struct OrderRequest {
+    /// Buyer.
+    pub user_id: i64,
+    /// (item id, quantity), distinct items.
+    pub lines: Vec<(i64, i64)>,
+    /// Coupon named by the request.
+    pub coupon_id: Option<i64>,
+    /// Idempotency key and request hash.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// How a saga ended, for the HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// SUCCEEDED.
+    Succeeded(i64),
+    /// FAILED because a line lacked stock.
+    OutOfStock(i64),
+    /// FAILED because a line named an unknown item.
+    ItemNotFound(i64),
+    /// The key was used before with this same request: replay that order.
+    Replay(i64),
+    /// The key was used before with another request.
+    KeyReused,
+    /// FAILED (compensated) because a dependency failed.
+    Failed(i64, String),
+}
+
+/// Why a saga could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SagaError {
+    /// Too much work waiting, or the database breaker is open.
+    #[error("overloaded")]
+    Overloaded {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// Could not write the order at all.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A status change, for SSE streams and waiting duplicates.
+#[derive(Debug, Clone)]
+pub struct OrderEvent {
+    /// Order.
+    pub order_id: i64,
+    /// New status.
+    pub status: &'static str,
+}
+
+/// Size of the id blocks a node takes at a time: one database round trip per this many orders.
+const ORDER_ID_BLOCK: i64 = 1_000;
+/// Events kept for slow SSE subscribers before they must re-read the order.
+const EVENT_BUFFER: usize = 4_096;
+
+#[derive(Debug)]
+struct IdBlock {
+    next: i64,
+    end: i64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    committer: GroupCommitter,
+    stock: StockActors,
+    breaker: Arc<CircuitBreaker>,
+    retry: RetryPolicy,
+    events: broadcast::Sender<OrderEvent>,
+    ids: tokio::sync::Mutex<IdBlock>,
+    running: Mutex<HashMap<i64, SagaView>>,
+    failures: Mutex<(u64, Option<String>)>,
+}
+
+/// A running saga as the admin endpoint shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaView {
+    /// Always "order-saga".
+    pub kind: &'static str,
+    /// Order id.
+    pub key: i64,
+    /// Current step.
+    pub step: &'static str,
+    /// Saga failures seen by the supervisor since start (node-wide).
+    pub restarts: u64,
+    /// The last of them.
+    pub last_error: Option<String>,
+    /// Always 0: a saga takes no messages after it starts.
+    pub mailbox_len: usize,
+}
+
+/// Starts and tracks order sagas.
+#[derive(Debug, Clone)]
+pub struct OrderSagas {
+    inner: Arc<Inner>,
+    supervisor: ActorRef<()>,
+}
+
+impl OrderSagas {
+    /// Starts the saga supervisor.
+    pub async fn start(
+        db: Database,
+        committer: GroupCommitter,
+        stock: StockActors,
+        breaker: Arc<CircuitBreaker>,
+    ) -> Result<Self, ractor::SpawnErr> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let inner = Arc::new(Inner {
+            db,
+            committer,
+            stock,
+            breaker,
+            retry: RetryPolicy::default(),
+            events,
+            ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
+            running: Mutex::new(HashMap::new()),
+            failures: Mutex::new((0, None)),
+        });
+        let (supervisor, _) = Actor::spawn(
+            None,
+            SagaSupervisor {
+                inner: inner.clone(),
+            },
+            (),
+        )
+        .await?;
+        Ok(Self { inner, supervisor })
+    }
+
+    /// Order status changes as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<OrderEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Announces a status change made outside a saga (cancellation).
+    pub fn publish(&self, order_id: i64, status: &'static str) {
+        let _ = self.inner.events.send(OrderEvent { order_id, status });
+    }
+
+    /// Running sagas, for the admin endpoint.
+    pub fn views(&self) -> Vec<SagaView> {
+        let (restarts, last_error) = self
+            .inner
+            .failures
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        let mut views: Vec<SagaView> = self
+            .inner
+            .running
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        for v in &mut views {
+            v.restarts = restarts;
+            v.last_error.clone_from(&last_error);
+        }
+        views.sort_by_key(|v| v.key);
+        views
+    }
+
+    /// Starts a saga; the receiver yields its outcome. The saga goes on if the caller stops
+    /// waiting: its state is durable from its first write.
+    pub async fn start_order(
+        &self,
+        request: OrderRequest,
+    ) -> Result<(i64, oneshot::Receiver<SagaOutcome>), SagaError> {
+        let order_id = self.next_order_id().await?;
+        let (reply, rx) = oneshot::channel();
+        Actor::spawn_linked(
+            None,
+            OrderSaga,
+            SagaArgs {
+                inner: self.inner.clone(),
+                order_id,
+                request,
+                reply: Some(reply),
+            },
+            self.supervisor.get_cell(),
+        )
+        .await
+        .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+        Ok((order_id, rx))
+    }
+
+    async fn next_order_id(&self) -> Result<i64, SagaError> {
+        let mut block = self.inner.ids.lock().await;
+        if block.next >= block.end {
+            let first = self
+                .inner
+                .db
+                .allocate_order_ids(ORDER_ID_BLOCK)
+                .await
+                .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+            block.next = first;
+            block.end = first + ORDER_ID_BLOCK;
+        }
+        let id = block.next;
+        block.next += 1;
+        Ok(id)
+    }
+
+    /// Compensates orders a previous process left PROCESSING: their reservations are released
+    /// and they are recorded FAILED. Returns how many.
+    pub async fn recover(&self) -> Result<usize, PersistenceError> {
+        let stuck = self.inner.db.processing_orders().await?;
+        for order_id in &stuck {
+            self.inner
+                .committer
+                .resolve(OrderResolution {
+                    order_id: *order_id,
+                    line_statuses: Vec::new(),
+                    failure: Some("the node stopped before the order completed".into()),
+                })
+                .await?;
+        }
+        Ok(stuck.len())
+    }
+
+    /// Stops the supervisor (after the HTTP layer has drained).
+    pub fn stop(&self) {
+        self.supervisor.stop(None);
+    }
+}
+
+/// Supervises sagas: a saga that fails is compensated (its order recorded FAILED, its
+/// reservations released) and counted.
+#[derive(Debug)]
+struct SagaSupervisor {
+    inner: Arc<Inner>,
+}
+
+impl Actor for SagaSupervisor {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<()>,
+        event: SupervisionEvent,
+        _state: &mut (),
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(_, error) = event {
+            tracing::error!(error = %error, "order saga failed");
+            if let Ok(mut f) = self.inner.failures.lock() {
+                f.0 += 1;
+                f.1 = Some(error.to_string());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct OrderSaga;
+
+#[derive(Debug)]
+struct SagaArgs {
+    inner: Arc<Inner>,
+    order_id: i64,
+    request: OrderRequest,
+    reply: Option<oneshot::Sender<SagaOutcome>>,
+}
+
+impl Actor for OrderSaga {
+    type Msg = ();
+    type State = SagaArgs;
+    type Arguments = SagaArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        args: SagaArgs,
+    ) -> Result<SagaArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<()>,
+        state: &mut SagaArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let order_id = state.order_id;
+        set_step(&state.inner, order_id, Some("validating"));
+        let outcome = run(&state.inner, order_id, &state.request).await;
+        set_step(&state.inner, order_id, None);
+        if let Some(reply) = state.reply.take() {
+            let _ = reply.send(outcome);
+        }
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+fn set_step(inner: &Inner, order_id: i64, step: Option<&'static str>) {
+    if let Ok(mut running) = inner.running.lock() {
+        match step {
+            Some(step) => {
+                running.insert(
+                    order_id,
+                    SagaView {
+                        kind: "order-saga",
+                        key: order_id,
+                        step,
+                        restarts: 0,
+                        last_error: None,
+                        mailbox_len: 0,
+                    },
+                );
+            }
+            None => {
+                running.remove(&order_id);
+            }
+        }
+    }
+}
+
+fn is_database_error(e: &PersistenceError) -> bool {
+    !matches!(e, PersistenceError::Overloaded | PersistenceError::Conflict)
+}
+
+/// Records a database outcome on the breaker.
+fn observe<T>(inner: &Inner, result: &Result<T, PersistenceError>) {
+    match inner.breaker.try_acquire() {
+        Ok(permit) => match result {
+            Err(e) if is_database_error(e) => permit.failure(),
+            _ => permit.success(),
+        },
+        Err(_) => {}
+    }
+}
+
+async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaOutcome {
+    // 1. Validate and price.
+    let mut lines = Vec::with_capacity(request.lines.len());
+    let mut missing = Vec::with_capacity(request.lines.len());
+    for &(item_id, quantity) in &request.lines {
+        let price = match inner.stock.price_of(item_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                observe::<()>(inner, &Err(PersistenceError::Batch(e.to_string())));
+                return SagaOutcome::Failed(order_id, e.to_string());
+            }
+        };
+        missing.push(price.is_none());
+        lines.push(NewOrderLine {
+            item_id,
+            quantity,
+            unit_price: price.unwrap_or(0),
+        });
+    }
+    let total = lines
+        .iter()
+        .map(|l| l.unit_price.saturating_mul(l.quantity))
+        .fold(0_i64, i64::saturating_add);
+    let order = NewOrder {
+        id: order_id,
+        user_id: request.user_id,
+        lines,
+        coupon_id: request.coupon_id,
+        total_price: total,
+        discount: 0,
+        idempotency: request.idempotency.clone(),
+    };
+    // 2. Record the order (and claim the idempotency key) before touching stock.
+    let begun = inner.committer.begin_order(order).await;
+    observe(inner, &begun);
+    match begun {
+        Ok(BeginOutcome::Created) => {}
+        Ok(BeginOutcome::Duplicate {
+            order_id: existing,
+            request_hash,
+        }) => {
+            let same = request
+                .idempotency
+                .as_ref()
+                .is_some_and(|(_, hash)| *hash == request_hash);
+            return if same {
+                SagaOutcome::Replay(existing)
+            } else {
+                SagaOutcome::KeyReused
+            };
+        }
+        Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
+    }
+    let _ = inner.events.send(OrderEvent {
+        order_id,
+        status: "PROCESSING",
+    });
+    if missing.iter().any(|m| *m) {
+        let statuses = missing
+            .iter()
+            .map(|m| {
+                if *m {
+                    line_status::ITEM_NOT_FOUND
+                } else {
+                    line_status::RELEASED
+                }
+            })
+            .collect();
+        return finish_failed(
+            inner,
+            order_id,
+            statuses,
+            "an item does not exist",
+            SagaOutcome::ItemNotFound(order_id),
+        )
+        .await;
+    }
+    // 3. Reserve every line at once; each answer arrives after its reservation is durable.
+    set_step(inner, order_id, Some("reserving"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, &(item_id, quantity)) in request.lines.iter().enumerate() {
+        let inner = inner.clone();
+        tasks.spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let result = retry(
+                &inner.retry,
+                deadline,
+                |e: &ReserveError| matches!(e, ReserveError::Unavailable(_)),
+                |_| inner.stock.reserve(item_id, order_id, quantity),
+            )
+            .await;
+            (index, result)
+        });
+    }
+    let mut results: Vec<Option<Result<(), ReserveError>>> = vec![None; request.lines.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, result)) = joined
+            && let Some(slot) = results.get_mut(index)
+        {
+            *slot = Some(result);
+        }
+    }
+    let all_reserved = results.iter().all(|r| matches!(r, Some(Ok(()))));
+    if !all_reserved {
+        let statuses: Vec<&'static str> = results
+            .iter()
+            .map(|r| match r {
+                Some(Err(ReserveError::OutOfStock)) => line_status::OUT_OF_STOCK,
+                Some(Err(ReserveError::ItemNotFound)) => line_status::ITEM_NOT_FOUND,
+                _ => line_status::RELEASED,
+            })
+            .collect();
+        let unavailable = results.iter().find_map(|r| match r {
+            Some(Err(e @ (ReserveError::Unavailable(_) | ReserveError::Overloaded))) => {
+                Some(e.to_string())
+            }
+            None => Some("a reservation task failed".to_owned()),
+            _ => None,
+        });
+        let (reason, outcome) = match unavailable {
+            Some(reason) => (reason.clone(), SagaOutcome::Failed(order_id, reason)),
+            None if statuses.contains(&line_status::ITEM_NOT_FOUND) => (
+                "an item does not exist".to_owned(),
+                SagaOutcome::ItemNotFound(order_id),
+            ),
+            None => (
+                "not enough stock".to_owned(),
+                SagaOutcome::OutOfStock(order_id),
+            ),
+        };
+        return finish_failed(inner, order_id, statuses, &reason, outcome).await;
+    }
+    // 4. Coupon step: coupons arrive with their own issue; an order naming one is refused by
+    //    the HTTP layer until then, so there is nothing to redeem here.
+    // 5. Confirm: SUCCEEDED, reservations CONFIRMED and the outbox event in one transaction.
+    set_step(inner, order_id, Some("confirming"));
+    let resolved = inner
+        .committer
+        .resolve(OrderResolution {
+            order_id,
+            line_statuses: Vec::new(),
+            failure: None,
+        })
+        .await;
+    observe(inner, &resolved);
+    match resolved {
+        Ok(ResolveOutcome::Succeeded) => {
+            let _ = inner.events.send(OrderEvent {
+                order_id,
+                status: "SUCCEEDED",
+            });
+            SagaOutcome::Succeeded(order_id)
+        }
+        Ok(ResolveOutcome::Failed) => {
+            let _ = inner.events.send(OrderEvent {
+                order_id,
+                status: "FAILED",
+            });
+            SagaOutcome::Failed(order_id, "a reservation expired".into())
+        }
+        Ok(ResolveOutcome::AlreadyFinal) => SagaOutcome::Replay(order_id),
+        Err(e) => {
+            // Unknown whether it committed; the reservations expire if it did not, and the
+            // order is compensated at the next start if it stays PROCESSING.
+            SagaOutcome::Failed(order_id, e.to_string())
+        }
+    }
+}
+
+async fn finish_failed(
+    inner: &Arc<Inner>,
+    order_id: i64,
+    statuses: Vec<&'static str>,
+    reason: &str,
+    outcome: SagaOutcome,
+) -> SagaOutcome {
+    set_step(inner, order_id, Some("compensating"));
+    let resolved = inner
+        .committer
+        .resolve(OrderResolution {
+            order_id,
+            line_statuses: statuses,
+            failure: Some(reason.to_owned()),
+        })
+        .await;
+    observe(inner, &resolved);
+    match resolved {
+        Ok(_) => {
+            let _ = inner.events.send(OrderEvent {
+                order_id,
+                status: "FAILED",
+            });
+            outcome
+        }
+        Err(e) => SagaOutcome::Failed(order_id, e.to_string()),
+    }
+}

@@ -1,0 +1,568 @@
+//! Orders: place (through a saga), read, list, follow over SSE, cancel.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use surge_actors::{OrderRequest, SagaError, SagaOutcome};
+use surge_domain::{IdempotencyKey, ItemId, MAX_ORDER_LINES, PageLimit, Quantity, ValidationError};
+use surge_persistence::orders::{CancelOutcome, OrderRecord, status};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
+use crate::state::AppState;
+use crate::time_fmt::rfc3339;
+
+/// One requested line.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLineRequest {
+    item_id: i64,
+    quantity: i64,
+}
+
+/// A new order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateOrderRequest {
+    /// 1–50 lines, each item at most once.
+    lines: Vec<OrderLineRequest>,
+    /// A coupon the caller was issued.
+    coupon_id: Option<i64>,
+}
+
+/// An order line as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderLineResponse {
+    item_id: i64,
+    quantity: i64,
+    unit_price: i64,
+    /// PROCESSING, RESERVED, OUT_OF_STOCK, ITEM_NOT_FOUND or RELEASED.
+    status: String,
+}
+
+/// An order as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderResponse {
+    order_id: i64,
+    user_id: i64,
+    /// PROCESSING, SUCCEEDED, FAILED or CANCELLED.
+    status: String,
+    lines: Vec<OrderLineResponse>,
+    coupon_id: Option<i64>,
+    total_price: i64,
+    discount: i64,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<OrderRecord> for OrderResponse {
+    fn from(o: OrderRecord) -> Self {
+        Self {
+            order_id: o.id,
+            user_id: o.user_id,
+            status: o.status,
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLineResponse {
+                    item_id: l.item_id,
+                    quantity: l.quantity,
+                    unit_price: l.unit_price,
+                    status: l.status,
+                })
+                .collect(),
+            coupon_id: o.coupon_id,
+            total_price: o.total_price,
+            discount: o.discount,
+            failure_reason: o.failure_reason,
+            created_at: rfc3339(o.created_at),
+            updated_at: rfc3339(o.updated_at),
+        }
+    }
+}
+
+/// One page of orders.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPage {
+    items: Vec<OrderResponse>,
+    next_cursor: Option<String>,
+}
+
+/// Paging of my orders.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderQuery {
+    /// 1–100, default 20.
+    limit: Option<i64>,
+    /// From the previous page.
+    cursor: Option<String>,
+}
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+fn validate(req: &CreateOrderRequest) -> Result<Vec<(i64, i64)>, ApiError> {
+    if req.lines.is_empty() || req.lines.len() > MAX_ORDER_LINES {
+        return Err(ValidationError::new("lines", "must have 1 to 50 lines").into());
+    }
+    let mut seen = HashSet::with_capacity(req.lines.len());
+    let mut lines = Vec::with_capacity(req.lines.len());
+    for line in &req.lines {
+        let item = ItemId::parse(line.item_id, "itemId")?;
+        let quantity = Quantity::parse(line.quantity)?;
+        if !seen.insert(item) {
+            return Err(
+                ValidationError::new("lines", "each item may appear in one line only").into(),
+            );
+        }
+        lines.push((item.get(), quantity.get()));
+    }
+    if let Some(coupon) = req.coupon_id {
+        surge_domain::CouponId::parse(coupon, "couponId")?;
+        return Err(ApiError::NotFound("coupon"));
+    }
+    Ok(lines)
+}
+
+fn request_hash(lines: &[(i64, i64)], coupon: Option<i64>) -> String {
+    let mut hasher = Sha256::new();
+    for (item, quantity) in lines {
+        hasher.update(format!("{item}x{quantity};"));
+    }
+    hasher.update(format!("coupon={coupon:?}"));
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    headers
+        .get(IDEMPOTENCY_HEADER)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ValidationError::new("Idempotency-Key", "must be visible ASCII"))
+                .and_then(IdempotencyKey::parse)
+        })
+        .transpose()
+        .map_err(Into::into)
+}
+
+async fn load(state: &AppState, order_id: i64) -> Result<OrderRecord, ApiError> {
+    state
+        .db
+        .order_by_id(order_id)
+        .await?
+        .ok_or(ApiError::NotFound("order"))
+}
+
+fn created(order: OrderRecord) -> Response {
+    let location = format!("/api/v1/orders/{}", order.id);
+    let status = if order.status == status::PROCESSING {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    let mut response = (status, Json(OrderResponse::from(order))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+async fn still_processing(state: &AppState, order_id: i64) -> Response {
+    match state.db.order_by_id(order_id).await {
+        Ok(Some(order)) if order.status != status::PROCESSING => {
+            answer_for(order).unwrap_or_else(IntoResponse::into_response)
+        }
+        Ok(Some(order)) => created(order),
+        _ => {
+            let mut response = (
+                StatusCode::ACCEPTED,
+                Json(json!({ "orderId": order_id, "status": status::PROCESSING })),
+            )
+                .into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("/api/v1/orders/{order_id}")) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+    }
+}
+
+fn refused(order: OrderRecord, status: StatusCode, code: &'static str, message: &str) -> ApiError {
+    let body = OrderResponse::from(order);
+    ApiError::Refused {
+        status,
+        code,
+        message: message.to_owned(),
+        details: Some(json!({ "orderId": body.order_id, "lines": body.lines })),
+    }
+}
+
+/// Answers for an order by its current status (used for replays and for sagas that finished).
+fn answer_for(order: OrderRecord) -> Result<Response, ApiError> {
+    match order.status.as_str() {
+        status::FAILED => {
+            let not_found = order.lines.iter().any(|l| l.status == "ITEM_NOT_FOUND");
+            let out_of_stock = order.lines.iter().any(|l| l.status == "OUT_OF_STOCK");
+            Err(if not_found {
+                refused(
+                    order,
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "an item of this order does not exist",
+                )
+            } else if out_of_stock {
+                refused(
+                    order,
+                    StatusCode::CONFLICT,
+                    "OUT_OF_STOCK",
+                    "not enough stock for a line; nothing was reserved",
+                )
+            } else {
+                refused(
+                    order,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    "the order could not be completed; nothing was reserved",
+                )
+            })
+        }
+        _ => Ok(created(order)),
+    }
+}
+
+/// Waits (within `deadline`) for an order to leave PROCESSING, then answers for it.
+async fn answer_when_final(
+    state: &AppState,
+    order_id: i64,
+    deadline: tokio::time::Instant,
+) -> Result<Response, ApiError> {
+    let mut events = state.orders.sagas.subscribe();
+    loop {
+        let order = load(state, order_id).await?;
+        if order.status != status::PROCESSING {
+            return answer_for(order);
+        }
+        let wait = tokio::time::timeout_at(deadline, async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if e.order_id == order_id => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        if wait.is_err() {
+            return answer_for(load(state, order_id).await?);
+        }
+    }
+}
+
+/// Place an order: every line is reserved or none is.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
+    request_body = CreateOrderRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "retry key; same key + same body replays the first outcome")),
+    responses((status = 201, body = OrderResponse), (status = 202, description = "still PROCESSING", body = OrderResponse),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, description = "unknown item (details.lines)", body = ErrorBody),
+              (status = 409, description = "OUT_OF_STOCK (details.orderId, details.lines)", body = ErrorBody),
+              (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+              (status = 503, description = "OVERLOADED, with Retry-After", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateOrderRequest>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let lines = validate(&req)?;
+    let deadline = tokio::time::Instant::now() + state.orders.answer_deadline;
+    let _permit = state
+        .orders
+        .admission
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded {
+            message: "too many orders in progress; try again shortly".into(),
+            retry_after_secs: 1,
+        })?;
+    if let Err(rejected) = state.orders.db_breaker.try_acquire() {
+        return Err(ApiError::Overloaded {
+            message: "the database is failing; orders are refused until it recovers".into(),
+            retry_after_secs: u32::try_from(rejected.retry_after.as_secs())
+                .unwrap_or(u32::MAX)
+                .max(1),
+        });
+    }
+    let request = OrderRequest {
+        user_id: caller.user_id.get(),
+        idempotency: key.map(|k| (k.as_str().to_owned(), request_hash(&lines, req.coupon_id))),
+        lines,
+        coupon_id: req.coupon_id,
+    };
+    let (order_id, outcome) =
+        state
+            .orders
+            .sagas
+            .start_order(request)
+            .await
+            .map_err(|e| match e {
+                SagaError::Overloaded { retry_after_secs } => ApiError::Overloaded {
+                    message: "too many orders in progress".into(),
+                    retry_after_secs,
+                },
+                SagaError::Unavailable(cause) => {
+                    tracing::warn!(%cause, "could not start an order saga");
+                    ApiError::Overloaded {
+                        message: "orders are unavailable right now".into(),
+                        retry_after_secs: 1,
+                    }
+                }
+            })?;
+    let outcome = match tokio::time::timeout_at(deadline, outcome).await {
+        Ok(Ok(outcome)) => outcome,
+        // Still running (or the saga died and will be compensated): 202 and where to look.
+        Ok(Err(_)) | Err(_) => return Ok(still_processing(&state, order_id).await),
+    };
+    match outcome {
+        SagaOutcome::Succeeded(id)
+        | SagaOutcome::OutOfStock(id)
+        | SagaOutcome::ItemNotFound(id) => answer_for(load(&state, id).await?),
+        SagaOutcome::Replay(id) => answer_when_final(&state, id, deadline).await,
+        SagaOutcome::KeyReused => Err(ApiError::Refused {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: "this Idempotency-Key was used with a different request".into(),
+            details: None,
+        }),
+        SagaOutcome::Failed(id, cause) => {
+            tracing::warn!(order_id = id, %cause, "order failed on a dependency");
+            Err(ApiError::Overloaded {
+                message: "the order could not be completed; nothing was reserved".into(),
+                retry_after_secs: 1,
+            })
+        }
+    }
+}
+
+fn order_id(raw: i64) -> Result<i64, ApiError> {
+    if raw > 0 {
+        Ok(raw)
+    } else {
+        Err(ApiError::NotFound("order"))
+    }
+}
+
+async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<OrderRecord, ApiError> {
+    let order = load(state, order_id(id)?).await?;
+    if order.user_id != caller.user_id.get() && !caller.role.is_admin() {
+        return Err(ApiError::Forbidden("this order belongs to another member"));
+    }
+    Ok(order)
+}
+
+/// Read an order (its owner or an ADMIN).
+#[utoipa::path(get, path = "/api/v1/orders/{orderId}", tag = "orders", security(("bearer" = [])),
+    params(("orderId" = i64, Path, description = "order id")),
+    responses((status = 200, body = OrderResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<OrderResponse>, ApiError> {
+    Ok(Json(readable(&state, &caller, id).await?.into()))
+}
+
+/// My orders, newest first.
+#[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), params(OrderQuery),
+    responses((status = 200, body = OrderPage), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiQuery(query): ApiQuery<OrderQuery>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let limit = PageLimit::parse(query.limit)?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.strip_prefix("order:").and_then(|n| n.parse::<i64>().ok()))
+                .filter(|id| *id > 0)
+                .ok_or_else(|| ValidationError::new("cursor", "is not a cursor this server issued"))
+        })
+        .transpose()?;
+    let mut orders = state
+        .db
+        .orders_of_user(caller.user_id.get(), before, limit.get() + 1)
+        .await?;
+    let page = usize::try_from(limit.get()).unwrap_or(usize::MAX);
+    let next_cursor = if orders.len() > page {
+        orders.truncate(page);
+        orders
+            .last()
+            .map(|o| URL_SAFE_NO_PAD.encode(format!("order:{}", o.id)))
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        items: orders.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// Cancel a SUCCEEDED order (its owner or an ADMIN); its stock is available again. Cancelling
+/// a cancelled order answers the same.
+#[utoipa::path(post, path = "/api/v1/orders/{orderId}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("orderId" = i64, Path, description = "order id")),
+    responses((status = 200, body = OrderResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, description = "ORDER_NOT_CANCELLABLE", body = ErrorBody)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<OrderResponse>, ApiError> {
+    let order = readable(&state, &caller, id).await?;
+    let outcome =
+        state
+            .orders
+            .committer
+            .cancel(order.id)
+            .await
+            .map_err(|e| ApiError::Overloaded {
+                message: format!("the cancellation could not be written: {}", short(&e)),
+                retry_after_secs: 1,
+            })?;
+    if outcome == CancelOutcome::Cancelled {
+        state.orders.sagas.publish(order.id, status::CANCELLED);
+    }
+    let order = load(&state, order.id).await?;
+    if order.status == status::CANCELLED {
+        Ok(Json(order.into()))
+    } else {
+        Err(ApiError::Refused {
+            status: StatusCode::CONFLICT,
+            code: "ORDER_NOT_CANCELLABLE",
+            message: format!("an order in status {} cannot be cancelled", order.status),
+            details: Some(json!({ "status": order.status })),
+        })
+    }
+}
+
+fn short(e: &surge_persistence::PersistenceError) -> &'static str {
+    match e {
+        surge_persistence::PersistenceError::Overloaded => "the writer is busy",
+        _ => "the database failed",
+    }
+}
+
+/// Follow an order's status (its owner): one event per status change, ending at a final one.
+#[utoipa::path(get, path = "/api/v1/orders/{orderId}/events", tag = "orders", security(("bearer" = [])),
+    params(("orderId" = i64, Path, description = "order id")),
+    responses((status = 200, description = "text/event-stream of `status` events", content_type = "text/event-stream"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading, so no change between the read and the subscription is lost.
+    let rx = state.orders.sagas.subscribe();
+    let order = readable(&state, &caller, id).await?;
+    if order.user_id != caller.user_id.get() {
+        return Err(ApiError::Forbidden("only the buyer can follow an order"));
+    }
+    let follow = Follow {
+        rx,
+        db: state.db.clone(),
+        order_id: order.id,
+        next: Some(order.status),
+        last: String::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(follow, |mut f| async move {
+        let status = f.next_status().await?;
+        f.done = is_final(&status);
+        let event = Event::default()
+            .event("status")
+            .json_data(json!({ "orderId": f.order_id, "status": status }))
+            .unwrap_or_default();
+        f.last = status;
+        Some((Ok::<_, Infallible>(event), f))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+fn is_final(status: &str) -> bool {
+    matches!(
+        status,
+        status::SUCCEEDED | status::FAILED | status::CANCELLED
+    )
+}
+
+/// The state of one SSE stream.
+struct Follow {
+    rx: tokio::sync::broadcast::Receiver<surge_actors::saga::OrderEvent>,
+    db: surge_persistence::Database,
+    order_id: i64,
+    next: Option<String>,
+    last: String,
+    done: bool,
+}
+
+impl Follow {
+    async fn next_status(&mut self) -> Option<String> {
+        if self.done {
+            return None;
+        }
+        if let Some(status) = self.next.take() {
+            return Some(status);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(e) if e.order_id == self.order_id && e.status != self.last => {
+                    return Some(e.status.to_owned());
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed events: the database knows the current status.
+                    if let Ok(Some(o)) = self.db.order_by_id(self.order_id).await
+                        && o.status != self.last
+                    {
+                        return Some(o.status);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
