@@ -350,12 +350,11 @@ fn is_database_error(e: &PersistenceError) -> bool {
 
 /// Records a database outcome on the breaker.
 fn observe<T>(inner: &Inner, result: &Result<T, PersistenceError>) {
-    match inner.breaker.try_acquire() {
-        Ok(permit) => match result {
+    if let Ok(permit) = inner.breaker.try_acquire() {
+        match result {
             Err(e) if is_database_error(e) => permit.failure(),
             _ => permit.success(),
-        },
-        Err(_) => {}
+        }
     }
 }
 
@@ -366,10 +365,7 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
     for &(item_id, quantity) in &request.lines {
         let price = match inner.stock.price_of(item_id).await {
             Ok(p) => p,
-            Err(e) => {
-                observe::<()>(inner, &Err(PersistenceError::Batch(e.to_string())));
-                return SagaOutcome::Failed(order_id, e.to_string());
-            }
+            Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
         };
         missing.push(price.is_none());
         lines.push(NewOrderLine {
@@ -430,6 +426,7 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
         return finish_failed(
             inner,
             order_id,
+            &request.lines,
             statuses,
             "an item does not exist",
             SagaOutcome::ItemNotFound(order_id),
@@ -489,7 +486,7 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
                 SagaOutcome::OutOfStock(order_id),
             ),
         };
-        return finish_failed(inner, order_id, statuses, &reason, outcome).await;
+        return finish_failed(inner, order_id, &request.lines, statuses, &reason, outcome).await;
     }
     // 4. Coupon step: coupons arrive with their own issue; an order naming one is refused by
     //    the HTTP layer until then, so there is nothing to redeem here.
@@ -531,6 +528,7 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
 async fn finish_failed(
     inner: &Arc<Inner>,
     order_id: i64,
+    lines: &[(i64, i64)],
     statuses: Vec<&'static str>,
     reason: &str,
     outcome: SagaOutcome,
@@ -551,6 +549,9 @@ async fn finish_failed(
                 order_id,
                 status: "FAILED",
             });
+            for (item_id, _) in lines {
+                inner.stock.replenished(*item_id);
+            }
             outcome
         }
         Err(e) => SagaOutcome::Failed(order_id, e.to_string()),

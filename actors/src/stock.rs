@@ -20,6 +20,10 @@ use tokio::sync::OnceCell;
 /// Tuning of stock actors.
 #[derive(Debug, Clone)]
 pub struct StockConfig {
+    /// While the item row was empty at the last look, a refusal needs no database round trip
+    /// for this long. Units that come back (cancellations, expiries) are seen at the latest
+    /// after it; releases made by this node also wake the actor at once.
+    pub sold_out_recheck: Duration,
     /// Units checked out of the item row at a time. Larger means fewer writes to the item row;
     /// smaller leaves more for other nodes. Everything unsold goes back on passivation.
     pub allotment_chunk: i64,
@@ -38,6 +42,7 @@ pub struct StockConfig {
 impl Default for StockConfig {
     fn default() -> Self {
         Self {
+            sold_out_recheck: Duration::from_millis(50),
             allotment_chunk: 256,
             reservation_ttl: Duration::from_secs(30),
             passivate_after: Duration::from_secs(60),
@@ -93,6 +98,8 @@ pub enum StockMsg {
         /// The committer's answer.
         result: Result<ReserveOutcome, PersistenceError>,
     },
+    /// Units went back to the item row: look again before refusing.
+    Replenished,
     /// Passivate if idle.
     IdleCheck,
     /// Flush, give the allotment back and stop (graceful shutdown).
@@ -133,6 +140,8 @@ pub struct StockState {
     allotment: i64,
     /// Reservations waiting for the next batch.
     pending: Vec<Pending>,
+    /// When the item row was last seen empty.
+    row_empty_since: Option<tokio::time::Instant>,
     /// Whether a batch is being committed. One at a time per item keeps the allotment
     /// arithmetic simple; the next batch fills meanwhile.
     flushing: bool,
@@ -202,6 +211,7 @@ impl Actor for StockActor {
             epoch: args.epoch,
             allotment: 0,
             pending: Vec::new(),
+            row_empty_since: None,
             flushing: false,
             last_activity: tokio::time::Instant::now(),
             draining: None,
@@ -296,6 +306,7 @@ impl Actor for StockActor {
                     myself.stop(Some("drained".into()));
                 }
             }
+            StockMsg::Replenished => state.row_empty_since = None,
             StockMsg::IdleCheck => {
                 let idle = state.last_activity.elapsed() >= self.config.passivate_after;
                 if idle
@@ -347,6 +358,8 @@ struct Slot {
     waiting: AtomicUsize,
     stats: Arc<StockStats>,
     epoch: AtomicI64,
+    /// Unit price read when the actor took the item over (prices do not change while it lives).
+    price: AtomicI64,
 }
 
 /// Failures seen per item, kept across restarts for the admin page.
@@ -517,6 +530,7 @@ impl StockActors {
                     waiting: AtomicUsize::new(0),
                     stats: Arc::new(StockStats::default()),
                     epoch: AtomicI64::new(0),
+                    price: AtomicI64::new(0),
                 })
             })
             .clone();
@@ -538,6 +552,7 @@ impl StockActors {
                     .map_err(|e| ReserveError::Unavailable(e.to_string()))?
                     .ok_or(ReserveError::ItemNotFound)?;
                 slot.epoch.store(claim.epoch, Ordering::Relaxed);
+                slot.price.store(claim.price, Ordering::Relaxed);
                 let (actor, _) = Actor::spawn_linked(
                     Some(format!("stock-{item_id}-{}", unique_suffix())),
                     StockActor {
@@ -607,13 +622,28 @@ impl StockActors {
         }
     }
 
-    /// Whether an item exists, and its unit price (starts its actor when needed).
-    pub async fn price_of(&self, item_id: i64) -> Result<Option<i64>, PersistenceError> {
-        Ok(self
-            .db
-            .item_by_id(surge_domain::ItemId::from_db(item_id))
-            .await?
-            .map(|i| i.price))
+    /// An item's unit price, or `None` when it does not exist. Starts the item's actor, which
+    /// the order will need next anyway.
+    pub async fn price_of(&self, item_id: i64) -> Result<Option<i64>, ReserveError> {
+        let waiting = self.slot(item_id)?;
+        match self.actor(item_id, &waiting.0).await {
+            Ok(_) => Ok(Some(waiting.0.price.load(Ordering::Relaxed))),
+            Err(ReserveError::ItemNotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tells an item's actor that units went back to its row.
+    pub fn replenished(&self, item_id: i64) {
+        let actor = self
+            .slots
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&item_id).and_then(|s| s.actor.get().cloned()));
+        if let Some(actor) = actor {
+            let _ = actor.cast(StockMsg::Replenished);
+        }
     }
 
     /// Every live stock actor, for the admin endpoint.

@@ -80,7 +80,16 @@ impl Database {
     ) -> Result<(i64, i64), PersistenceError> {
         let now = now_millis();
         let mut tx = self.pool().begin().await?;
-        // Lock the allotment row first: it is the fence, and it orders concurrent checkouts.
+        let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
+            .bind(item_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if available <= 0 {
+            // Nothing to move: no write, no fsync. Sold-out checks stay cheap.
+            tx.rollback().await?;
+            return Ok((0, 0));
+        }
+        // The allotment row is the fence: only the current epoch may add to it.
         let owned = sqlx::query(
             "UPDATE stock_allotments SET updated_at = $1 WHERE item_id = $2 AND epoch = $3",
         )
@@ -93,10 +102,6 @@ impl Database {
         if owned == 0 {
             return Err(PersistenceError::Conflict);
         }
-        let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
-            .bind(item_id)
-            .fetch_one(&mut *tx)
-            .await?;
         let take = want.min(available).max(0);
         if take > 0 {
             let moved = sqlx::query(

@@ -104,6 +104,8 @@ impl TestDatabase {
             ("SURGE_DATABASE_URL", self.url.clone()),
             ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", ADMIN_LOGIN.to_owned()),
             ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+            // Debug builds on two shared cores are slow; a test that wants 202 sets its own.
+            ("SURGE_ORDER_ANSWER_TIMEOUT_MS", "30000".to_owned()),
         ];
         if self.backend == Backend::Postgres {
             vars.push(("SURGE_JWT_SECRET", PG_JWT_SECRET.to_owned()));

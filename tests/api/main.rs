@@ -9,4 +9,5 @@ mod errors;
 mod items;
 mod members;
 mod ops;
+mod orders;
 mod restart;

@@ -464,6 +464,9 @@ pub async fn cancel(
             })?;
     if outcome == CancelOutcome::Cancelled {
         state.orders.sagas.publish(order.id, status::CANCELLED);
+        for line in &order.lines {
+            state.orders.stock.replenished(line.item_id);
+        }
     }
     let order = load(&state, order.id).await?;
     if order.status == status::CANCELLED {

@@ -1,0 +1,315 @@
+//! Orders through real HTTP: the flash sale, all or nothing, idempotency, cancellation, SSE.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::helpers::{TestApp, TestUser, assert_error, send};
+use crate::on_both_backends;
+
+async fn order(app: &TestApp, user: &TestUser, lines: Value) -> (StatusCode, Value) {
+    send(
+        app.post("/api/v1/orders")
+            .bearer_auth(&user.access)
+            .json(&json!({ "lines": lines })),
+    )
+    .await
+}
+
+async fn stock_of(app: &TestApp, item: i64) -> i64 {
+    send(app.get(&format!("/api/v1/items/{item}"))).await.1["stock"]
+        .as_i64()
+        .unwrap()
+}
+
+/// Runs one SQL query returning a count against the node's database.
+async fn count(app: &TestApp, sql: &str, item: i64) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&app.db.url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(item)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    n
+}
+
+async fn users(app: &TestApp, n: usize) -> Vec<TestUser> {
+    let app = Arc::new(app);
+    let mut out = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let batch = futures_join(chunk.iter().map(|_| app.new_user())).await;
+        out.extend(batch);
+    }
+    out
+}
+
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut outputs = Vec::new();
+    for f in futures.collect::<Vec<_>>() {
+        outputs.push(f);
+    }
+    let mut results = Vec::with_capacity(outputs.len());
+    // Poll them together.
+    let joined = async {
+        let mut pinned: Vec<std::pin::Pin<Box<F>>> = outputs.into_iter().map(Box::pin).collect();
+        let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (i, f) in pinned.iter_mut().enumerate() {
+                if done[i].is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => done[i] = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
+        done.into_iter().map(|d| d.unwrap()).collect::<Vec<_>>()
+    };
+    results.extend(joined.await);
+    results
+}
+
+on_both_backends! {
+    async fn a_flash_sale_sells_exactly_the_stock(app: TestApp) {
+        const UNITS: i64 = 100;
+        const USERS: usize = 200;
+        const ATTEMPTS: usize = 2_000;
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Flash item", 1_000, UNITS).await["itemId"].as_i64().unwrap();
+        let buyers = users(&app, USERS).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for attempt in 0..ATTEMPTS {
+            let client = app.client.clone();
+            let url = format!("{}/api/v1/orders", app.base);
+            let token = buyers[attempt % USERS].access.clone();
+            tasks.spawn(async move {
+                let response = client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                (status, body)
+            });
+        }
+        let mut created = 0;
+        let mut out_of_stock = 0;
+        let mut other = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (status, body) = joined.unwrap();
+            match status {
+                StatusCode::CREATED => {
+                    assert_eq!(body["status"], "SUCCEEDED");
+                    created += 1;
+                }
+                StatusCode::CONFLICT => {
+                    assert_eq!(body["code"], "OUT_OF_STOCK");
+                    out_of_stock += 1;
+                }
+                _ => other.push((status, body)),
+            }
+        }
+        assert!(other.is_empty(), "{} unexpected answers: {:?}", other.len(), other.iter().take(3).map(|(s, b)| (s.as_u16(), b["code"].clone(), b["message"].clone())).collect::<Vec<_>>());
+        assert_eq!(created, UNITS);
+        assert_eq!(out_of_stock, ATTEMPTS as i64 - UNITS);
+        assert_eq!(stock_of(&app, item).await, 0);
+        let succeeded = count(&app,
+            "SELECT COUNT(*) FROM orders o JOIN order_lines l ON l.order_id = o.id \
+             WHERE o.status = 'SUCCEEDED' AND l.item_id = $1", item).await;
+        assert_eq!(succeeded, UNITS);
+        let sold = count(&app,
+            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+             WHERE status = 'CONFIRMED' AND item_id = $1", item).await;
+        assert_eq!(sold, UNITS);
+    }
+
+    async fn an_order_is_all_or_nothing(app: TestApp) {
+        let admin = app.admin().await;
+        let plenty = app.create_item(&admin, "Plenty", 500, 10).await["itemId"].as_i64().unwrap();
+        let scarce = app.create_item(&admin, "Scarce", 900, 1).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+
+        let refused = order(&app, &buyer, json!([
+            { "itemId": plenty, "quantity": 3 }, { "itemId": scarce, "quantity": 2 }
+        ])).await;
+        assert_error(&refused, 409, "OUT_OF_STOCK");
+        let details = &refused.1["details"];
+        assert!(details["orderId"].as_i64().unwrap() > 0);
+        assert_eq!(details["lines"][0]["status"], "RELEASED");
+        assert_eq!(details["lines"][1]["status"], "OUT_OF_STOCK");
+        assert_eq!(stock_of(&app, plenty).await, 10);
+        assert_eq!(stock_of(&app, scarce).await, 1);
+        let failed = send(app.get(&format!("/api/v1/orders/{}", details["orderId"])).bearer_auth(&buyer.access)).await;
+        assert_eq!(failed.1["status"], "FAILED");
+
+        let unknown = order(&app, &buyer, json!([
+            { "itemId": plenty, "quantity": 3 }, { "itemId": 999_999, "quantity": 1 }
+        ])).await;
+        assert_error(&unknown, 404, "NOT_FOUND");
+        assert_eq!(unknown.1["details"]["lines"][1]["status"], "ITEM_NOT_FOUND");
+        assert_eq!(stock_of(&app, plenty).await, 10);
+
+        let (status, ok) = order(&app, &buyer, json!([
+            { "itemId": plenty, "quantity": 3 }, { "itemId": scarce, "quantity": 1 }
+        ])).await;
+        assert_eq!(status, StatusCode::CREATED, "{ok}");
+        assert_eq!(ok["status"], "SUCCEEDED");
+        assert_eq!(ok["totalPrice"], 3 * 500 + 900);
+        assert_eq!(ok["lines"][0]["unitPrice"], 500);
+        assert_eq!(ok["lines"][1]["status"], "RESERVED");
+        assert_eq!(stock_of(&app, plenty).await, 7);
+        assert_eq!(stock_of(&app, scarce).await, 0);
+    }
+
+    async fn one_idempotency_key_makes_one_order(app: TestApp) {
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Once", 100, 10).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let request = app.post("/api/v1/orders")
+                .bearer_auth(&buyer.access)
+                .header("Idempotency-Key", "buy-once-123")
+                .json(&json!({ "lines": [{ "itemId": item, "quantity": 2 }] }));
+            tasks.spawn(async move { send(request).await });
+        }
+        let mut ids = std::collections::HashSet::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (status, body) = joined.unwrap();
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            ids.insert(body["orderId"].as_i64().unwrap());
+        }
+        assert_eq!(ids.len(), 1, "every answer is the same order");
+        assert_eq!(stock_of(&app, item).await, 8);
+        let (_, mine) = send(app.get("/api/v1/orders").bearer_auth(&buyer.access)).await;
+        assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+
+        let reused = send(app.post("/api/v1/orders")
+            .bearer_auth(&buyer.access)
+            .header("Idempotency-Key", "buy-once-123")
+            .json(&json!({ "lines": [{ "itemId": item, "quantity": 3 }] }))).await;
+        assert_error(&reused, 422, "IDEMPOTENCY_KEY_REUSED");
+        // The same key from another member is another order.
+        let other = app.new_user().await;
+        let theirs = send(app.post("/api/v1/orders")
+            .bearer_auth(&other.access)
+            .header("Idempotency-Key", "buy-once-123")
+            .json(&json!({ "lines": [{ "itemId": item, "quantity": 2 }] }))).await;
+        assert_eq!(theirs.0, StatusCode::CREATED);
+        assert!(!ids.contains(&theirs.1["orderId"].as_i64().unwrap()));
+        assert_eq!(stock_of(&app, item).await, 6);
+    }
+
+    async fn cancel_returns_stock_once_and_only_for_the_owner(app: TestApp) {
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Returnable", 100, 5).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        let stranger = app.new_user().await;
+        let (status, placed) = order(&app, &buyer, json!([{ "itemId": item, "quantity": 4 }])).await;
+        assert_eq!(status, StatusCode::CREATED);
+        let id = placed["orderId"].as_i64().unwrap();
+        assert_eq!(stock_of(&app, item).await, 1);
+
+        let path = format!("/api/v1/orders/{id}");
+        assert_error(&send(app.get(&path).bearer_auth(&stranger.access)).await, 403, "FORBIDDEN");
+        assert_error(&send(app.post(&format!("{path}/cancel")).bearer_auth(&stranger.access)).await, 403, "FORBIDDEN");
+        assert_eq!(stock_of(&app, item).await, 1);
+
+        let first = send(app.post(&format!("{path}/cancel")).bearer_auth(&buyer.access)).await;
+        assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+        assert_eq!(first.1["status"], "CANCELLED");
+        assert_eq!(stock_of(&app, item).await, 5);
+        let second = send(app.post(&format!("{path}/cancel")).bearer_auth(&buyer.access)).await;
+        assert_eq!(second.0, StatusCode::OK);
+        assert_eq!(second.1["status"], "CANCELLED");
+        assert_eq!(stock_of(&app, item).await, 5);
+        // The returned units sell again.
+        let (status, _) = order(&app, &stranger, json!([{ "itemId": item, "quantity": 5 }])).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(stock_of(&app, item).await, 0);
+        let by_admin = send(app.get(&path).bearer_auth(&admin.access)).await;
+        assert_eq!(by_admin.1["status"], "CANCELLED");
+    }
+
+    async fn order_events_stream_ends_at_a_final_status(app: TestApp) {
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Streamed", 100, 5).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        let (_, placed) = order(&app, &buyer, json!([{ "itemId": item, "quantity": 1 }])).await;
+        let id = placed["orderId"].as_i64().unwrap();
+        let response = app.get(&format!("/api/v1/orders/{id}/events")).bearer_auth(&buyer.access).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        // The stream closes by itself at SUCCEEDED.
+        let text = tokio::time::timeout(std::time::Duration::from_secs(10), response.text()).await.unwrap().unwrap();
+        assert!(text.contains("event: status"), "{text}");
+        assert!(text.contains(r#""status":"SUCCEEDED""#), "{text}");
+        let other = app.new_user().await;
+        assert_error(&send(app.get(&format!("/api/v1/orders/{id}/events")).bearer_auth(&other.access)).await, 403, "FORBIDDEN");
+    }
+
+    async fn bad_orders_are_refused_without_side_effects(app: TestApp) {
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Guarded", 100, 5).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        for (lines, what) in [
+            (json!([]), "no lines"),
+            (json!([{ "itemId": item, "quantity": 0 }]), "zero quantity"),
+            (json!([{ "itemId": item, "quantity": 1001 }]), "quantity above 1000"),
+            (json!([{ "itemId": -4, "quantity": 1 }]), "negative item"),
+            (json!([{ "itemId": item, "quantity": 1 }, { "itemId": item, "quantity": 1 }]), "same item twice"),
+            (json!((0..51).map(|i| json!({ "itemId": i + 1, "quantity": 1 })).collect::<Vec<_>>()), "51 lines"),
+        ] {
+            let answer = order(&app, &buyer, lines).await;
+            assert_eq!(answer.0, StatusCode::BAD_REQUEST, "{what}: {}", answer.1);
+            assert_eq!(answer.1["code"], "VALIDATION_FAILED", "{what}");
+        }
+        let bad_key = send(app.post("/api/v1/orders").bearer_auth(&buyer.access)
+            .header("Idempotency-Key", "has space")
+            .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))).await;
+        assert_error(&bad_key, 400, "VALIDATION_FAILED");
+        let anonymous = send(app.post("/api/v1/orders").json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))).await;
+        assert_error(&anonymous, 401, "UNAUTHENTICATED");
+        assert_eq!(stock_of(&app, item).await, 5);
+        let (_, mine) = send(app.get("/api/v1/orders").bearer_auth(&buyer.access)).await;
+        assert_eq!(mine["items"], json!([]));
+    }
+
+    async fn admin_sees_stock_actors_and_circuits(app: TestApp) {
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Watched", 100, 50).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        assert_eq!(order(&app, &buyer, json!([{ "itemId": item, "quantity": 2 }])).await.0, StatusCode::CREATED);
+        let (status, actors) = send(app.get("/api/v1/admin/actors").bearer_auth(&admin.access)).await;
+        assert_eq!(status, StatusCode::OK);
+        let stock = actors["actors"].as_array().unwrap().iter()
+            .find(|a| a["kind"] == "stock" && a["key"] == item).cloned().unwrap();
+        assert_eq!(stock["allotmentLeft"], 48);
+        assert_eq!(stock["pendingReservations"], 0);
+        assert!(stock["lastFlushAt"].as_i64().unwrap() > 0);
+        assert!(stock["lastBatchSize"].as_i64().unwrap() >= 1);
+        assert!(actors["writer"]["commits"].as_u64().unwrap() >= 2);
+        let (status, circuits) = send(app.get("/api/v1/admin/circuits").bearer_auth(&admin.access)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(circuits["circuits"][0]["dependency"], "database");
+        assert_eq!(circuits["circuits"][0]["state"], "closed");
+        assert_error(&send(app.get("/api/v1/admin/actors").bearer_auth(&buyer.access)).await, 403, "FORBIDDEN");
+        assert_error(&send(app.get("/api/v1/admin/circuits").bearer_auth(&buyer.access)).await, 403, "FORBIDDEN");
+        // What the actor holds is still for sale: the item shows it.
+        assert_eq!(stock_of(&app, item).await, 48);
+    }
+}
