@@ -1,0 +1,182 @@
+//! Durability under `kill -9`: a real `surge` process is killed mid-sale several times and
+//! restarted on the same database; no acknowledged order may be lost and no unit oversold or
+//! stranded.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const UNITS: i64 = 2_000;
+const BUYERS: usize = 12;
+const KILLS: usize = 4;
+
+struct Node {
+    child: Child,
+    base: String,
+}
+
+fn start(dir: &std::path::Path) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_surge"))
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SURGE_HTTP_ADDR", "127.0.0.1:0")
+        .env("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "crash_admin")
+        .env("SURGE_BOOTSTRAP_ADMIN_PASSWORD", "crash-admin-password")
+        .env("SURGE_RESERVATION_TTL_MS", "1500")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    // Keep draining the pipe for the whole life of the child so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx.recv_timeout(deadline - Instant::now()).expect("node never became ready");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap();
+            return Node { child, base: format!("http://{addr}") };
+        }
+    }
+}
+
+fn kill_9(node: &mut Node) {
+    let status = Command::new("kill").args(["-KILL", &node.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    node.child.wait().unwrap();
+}
+
+/// A small deterministic generator: the kill moments vary but a failure can be replayed.
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+async fn login(client: &reqwest::Client, base: &str, login: &str, password: &str) -> String {
+    let body: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({ "loginId": login, "password": password }))
+        .send().await.unwrap().json().await.unwrap();
+    body["accessToken"].as_str().unwrap().to_owned()
+}
+
+/// Buys one unit at a time with every buyer until told to stop; returns acknowledged order ids
+/// and whether a sold-out answer was seen.
+async fn buy(base: String, tokens: Vec<String>, item: i64, stop_at: Option<Instant>) -> (Vec<i64>, bool) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for token in tokens {
+        let client = client.clone();
+        let url = format!("{base}/api/v1/orders");
+        tasks.spawn(async move {
+            let mut acked = Vec::new();
+            let mut sold_out = false;
+            while stop_at.is_none_or(|t| Instant::now() < t) && !sold_out {
+                let sent = client.post(&url).bearer_auth(&token)
+                    .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))
+                    .send().await;
+                let Ok(response) = sent else { break };
+                let status = response.status().as_u16();
+                let Ok(body) = response.json::<Value>().await else { break };
+                match status {
+                    201 => acked.push(body["orderId"].as_i64().unwrap()),
+                    409 => sold_out = true,
+                    _ => {}
+                }
+            }
+            (acked, sold_out)
+        });
+    }
+    let mut all = Vec::new();
+    let mut sold_out = false;
+    while let Some(joined) = tasks.join_next().await {
+        let (acked, s) = joined.unwrap();
+        all.extend(acked);
+        sold_out |= s;
+    }
+    (all, sold_out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
+    let dir = std::env::temp_dir().join(format!("surge-crash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = reqwest::Client::new();
+    let mut node = start(&dir);
+
+    let admin = login(&client, &node.base, "crash_admin", "crash-admin-password").await;
+    let item: Value = client.post(format!("{}/api/v1/items", node.base)).bearer_auth(&admin)
+        .json(&json!({ "name": "Crash item", "price": 10, "stock": UNITS }))
+        .send().await.unwrap().json().await.unwrap();
+    let item = item["itemId"].as_i64().unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..BUYERS {
+        let login_id = format!("crash_buyer_{i}");
+        client.post(format!("{}/api/v1/users", node.base))
+            .json(&json!({ "loginId": login_id, "password": "buyer-password", "name": "B" }))
+            .send().await.unwrap();
+        tokens.push(login(&client, &node.base, &login_id, "buyer-password").await);
+    }
+
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    eprintln!("kill schedule seed: {seed}");
+    let mut rng = Lcg(seed);
+    let mut acknowledged = Vec::new();
+    for _ in 0..KILLS {
+        let run_for = Duration::from_millis(150 + rng.below(500));
+        let buyers = tokio::spawn(buy(node.base.clone(), tokens.clone(), item, Some(Instant::now() + run_for + Duration::from_secs(2))));
+        tokio::time::sleep(run_for).await;
+        kill_9(&mut node);
+        let (acked, _) = buyers.await.unwrap();
+        eprintln!("killed after {run_for:?}; {} orders acknowledged before the kill", acked.len());
+        acknowledged.extend(acked);
+        node = start(&dir);
+    }
+    // Drain the rest of the sale on the last node.
+    let (acked, sold_out) = buy(node.base.clone(), tokens.clone(), item, None).await;
+    acknowledged.extend(acked);
+    assert!(sold_out, "the sale never sold out");
+    // Let every reservation deadline pass and the sweeper run.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}/surge-data/surge.db", dir.display());
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let one = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql).bind(item);
+    let (available,) = one("SELECT available FROM items WHERE id = $1").fetch_one(&mut db).await.unwrap();
+    let (allotted,) = one("SELECT COALESCE(SUM(units), 0) FROM stock_allotments WHERE item_id = $1").fetch_one(&mut db).await.unwrap();
+    let (sold,) = one("SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE item_id = $1 AND status = 'CONFIRMED'").fetch_one(&mut db).await.unwrap();
+    let (held,) = one("SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE item_id = $1 AND status = 'HELD'").fetch_one(&mut db).await.unwrap();
+    let (succeeded,) = one("SELECT COUNT(*) FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE l.item_id = $1 AND o.status = 'SUCCEEDED'").fetch_one(&mut db).await.unwrap();
+    assert!(available >= 0 && allotted >= 0 && sold >= 0 && held >= 0);
+    assert_eq!(sold + available + allotted + held, UNITS, "units are conserved");
+    assert_eq!(held, 0, "nothing stays held after the deadlines");
+    assert_eq!(sold, UNITS, "nothing is stranded: the sale sold every unit");
+    assert_eq!(succeeded, sold, "one SUCCEEDED order per unit sold");
+    for id in &acknowledged {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM orders WHERE id = $1")
+            .bind(id).fetch_one(&mut db).await.unwrap();
+        assert_eq!(status, "SUCCEEDED", "acknowledged order {id} was lost");
+    }
+    assert!(acknowledged.len() as i64 <= UNITS);
+    let _ = db.close().await;
+    kill_9(&mut node);
+    std::fs::remove_dir_all(dir).unwrap();
+}
