@@ -10,4 +10,5 @@ mod items;
 mod members;
 mod ops;
 mod orders;
+mod outage;
 mod restart;
