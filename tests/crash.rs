@@ -21,6 +21,9 @@ struct Node {
     base: String,
 }
 
+/// The returned node is always killed and waited for by `kill_9`; if the node never becomes
+/// ready the test panics and the process ends with it.
+#[allow(clippy::zombie_processes)]
 fn start(dir: &std::path::Path) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_surge"))
         .current_dir(dir)
@@ -46,16 +49,24 @@ fn start(dir: &std::path::Path) -> Node {
     });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = rx.recv_timeout(deadline - Instant::now()).expect("node never became ready");
+        let line = rx
+            .recv_timeout(deadline - Instant::now())
+            .expect("node never became ready");
         if let Some(rest) = line.split("addr=").nth(1) {
             let addr = rest.split_whitespace().next().unwrap();
-            return Node { child, base: format!("http://{addr}") };
+            return Node {
+                child,
+                base: format!("http://{addr}"),
+            };
         }
     }
 }
 
 fn kill_9(node: &mut Node) {
-    let status = Command::new("kill").args(["-KILL", &node.child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-KILL", &node.child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     node.child.wait().unwrap();
 }
@@ -64,7 +75,10 @@ fn kill_9(node: &mut Node) {
 struct Lcg(u64);
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
     }
 }
@@ -73,14 +87,27 @@ async fn login(client: &reqwest::Client, base: &str, login: &str, password: &str
     let body: Value = client
         .post(format!("{base}/api/v1/auth/login"))
         .json(&json!({ "loginId": login, "password": password }))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     body["accessToken"].as_str().unwrap().to_owned()
 }
 
 /// Buys one unit at a time with every buyer until told to stop; returns acknowledged order ids
 /// and whether a sold-out answer was seen.
-async fn buy(base: String, tokens: Vec<String>, item: i64, stop_at: Option<Instant>) -> (Vec<i64>, bool) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+async fn buy(
+    base: String,
+    tokens: Vec<String>,
+    item: i64,
+    stop_at: Option<Instant>,
+) -> (Vec<i64>, bool) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for token in tokens {
         let client = client.clone();
@@ -89,12 +116,17 @@ async fn buy(base: String, tokens: Vec<String>, item: i64, stop_at: Option<Insta
             let mut acked = Vec::new();
             let mut sold_out = false;
             while stop_at.is_none_or(|t| Instant::now() < t) && !sold_out {
-                let sent = client.post(&url).bearer_auth(&token)
+                let sent = client
+                    .post(&url)
+                    .bearer_auth(&token)
                     .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))
-                    .send().await;
+                    .send()
+                    .await;
                 let Ok(response) = sent else { break };
                 let status = response.status().as_u16();
-                let Ok(body) = response.json::<Value>().await else { break };
+                let Ok(body) = response.json::<Value>().await else {
+                    break;
+                };
                 match status {
                     201 => acked.push(body["orderId"].as_i64().unwrap()),
                     409 => sold_out = true,
@@ -122,30 +154,51 @@ async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
     let mut node = start(&dir);
 
     let admin = login(&client, &node.base, "crash_admin", "crash-admin-password").await;
-    let item: Value = client.post(format!("{}/api/v1/items", node.base)).bearer_auth(&admin)
+    let item: Value = client
+        .post(format!("{}/api/v1/items", node.base))
+        .bearer_auth(&admin)
         .json(&json!({ "name": "Crash item", "price": 10, "stock": UNITS }))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let item = item["itemId"].as_i64().unwrap();
     let mut tokens = Vec::new();
     for i in 0..BUYERS {
         let login_id = format!("crash_buyer_{i}");
-        client.post(format!("{}/api/v1/users", node.base))
+        client
+            .post(format!("{}/api/v1/users", node.base))
             .json(&json!({ "loginId": login_id, "password": "buyer-password", "name": "B" }))
-            .send().await.unwrap();
+            .send()
+            .await
+            .unwrap();
         tokens.push(login(&client, &node.base, &login_id, "buyer-password").await);
     }
 
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     eprintln!("kill schedule seed: {seed}");
     let mut rng = Lcg(seed);
     let mut acknowledged = Vec::new();
     for _ in 0..KILLS {
         let run_for = Duration::from_millis(150 + rng.below(500));
-        let buyers = tokio::spawn(buy(node.base.clone(), tokens.clone(), item, Some(Instant::now() + run_for + Duration::from_secs(2))));
+        let buyers = tokio::spawn(buy(
+            node.base.clone(),
+            tokens.clone(),
+            item,
+            Some(Instant::now() + run_for + Duration::from_secs(2)),
+        ));
         tokio::time::sleep(run_for).await;
         kill_9(&mut node);
         let (acked, _) = buyers.await.unwrap();
-        eprintln!("killed after {run_for:?}; {} orders acknowledged before the kill", acked.len());
+        eprintln!(
+            "killed after {run_for:?}; {} orders acknowledged before the kill",
+            acked.len()
+        );
         acknowledged.extend(acked);
         node = start(&dir);
     }
@@ -160,19 +213,33 @@ async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
     let url = format!("sqlite://{}/surge-data/surge.db", dir.display());
     let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
     let one = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql).bind(item);
-    let (available,) = one("SELECT available FROM items WHERE id = $1").fetch_one(&mut db).await.unwrap();
-    let (allotted,) = one("SELECT COALESCE(SUM(units), 0) FROM stock_allotments WHERE item_id = $1").fetch_one(&mut db).await.unwrap();
+    let (available,) = one("SELECT available FROM items WHERE id = $1")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let (allotted,) =
+        one("SELECT COALESCE(SUM(units), 0) FROM stock_allotments WHERE item_id = $1")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
     let (sold,) = one("SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE item_id = $1 AND status = 'CONFIRMED'").fetch_one(&mut db).await.unwrap();
     let (held,) = one("SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE item_id = $1 AND status = 'HELD'").fetch_one(&mut db).await.unwrap();
     let (succeeded,) = one("SELECT COUNT(*) FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE l.item_id = $1 AND o.status = 'SUCCEEDED'").fetch_one(&mut db).await.unwrap();
     assert!(available >= 0 && allotted >= 0 && sold >= 0 && held >= 0);
-    assert_eq!(sold + available + allotted + held, UNITS, "units are conserved");
+    assert_eq!(
+        sold + available + allotted + held,
+        UNITS,
+        "units are conserved"
+    );
     assert_eq!(held, 0, "nothing stays held after the deadlines");
     assert_eq!(sold, UNITS, "nothing is stranded: the sale sold every unit");
     assert_eq!(succeeded, sold, "one SUCCEEDED order per unit sold");
     for id in &acknowledged {
         let (status,): (String,) = sqlx::query_as("SELECT status FROM orders WHERE id = $1")
-            .bind(id).fetch_one(&mut db).await.unwrap();
+            .bind(id)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
         assert_eq!(status, "SUCCEEDED", "acknowledged order {id} was lost");
     }
     assert!(acknowledged.len() as i64 <= UNITS);

@@ -13,30 +13,65 @@ use crate::helpers::{Backend, TestApp, send};
 async fn the_database_breaker_opens_fails_fast_and_recovers() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let admin = app.admin().await;
-    let item = app.create_item(&admin, "Outage item", 10, 1_000).await["itemId"].as_i64().unwrap();
+    let item = app.create_item(&admin, "Outage item", 10, 1_000).await["itemId"]
+        .as_i64()
+        .unwrap();
     let buyer = app.new_user().await;
-    let buy = || send(app.post("/api/v1/orders").bearer_auth(&buyer.access)
-        .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] })));
+    let buy = || {
+        send(
+            app.post("/api/v1/orders")
+                .bearer_auth(&buyer.access)
+                .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] })),
+        )
+    };
     assert_eq!(buy().await.0, StatusCode::CREATED);
 
     // Take the database away: refuse new connections and cut the open ones.
-    let name = app.db.url.split('?').next().unwrap().rsplit('/').next().unwrap().to_owned();
-    let mut pg = sqlx::AnyConnection::connect(&crate::helpers::pg_admin_url()).await.unwrap();
+    let name = app
+        .db
+        .url
+        .split('?')
+        .next()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut pg = sqlx::AnyConnection::connect(&crate::helpers::pg_admin_url())
+        .await
+        .unwrap();
     let run = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
-    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).execute(&mut pg).await.unwrap();
-    run(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        .execute(&mut pg).await.unwrap();
+    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut pg)
+        .await
+        .unwrap();
+    run(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut pg)
+    .await
+    .unwrap();
 
     // Failures open the breaker; from then on answers are immediate 503s with Retry-After.
     let mut fast = Vec::new();
     for _ in 0..40 {
         let started = Instant::now();
-        let response = app.post("/api/v1/orders").bearer_auth(&buyer.access)
-            .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] })).send().await.unwrap();
+        let response = app
+            .post("/api/v1/orders")
+            .bearer_auth(&buyer.access)
+            .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))
+            .send()
+            .await
+            .unwrap();
         let took = started.elapsed();
-        assert_ne!(response.status(), StatusCode::CREATED, "no order can succeed without the database");
+        assert_ne!(
+            response.status(),
+            StatusCode::CREATED,
+            "no order can succeed without the database"
+        );
         assert!(response.status().is_server_error() || response.status() == StatusCode::ACCEPTED);
-        if response.status() == StatusCode::SERVICE_UNAVAILABLE && took < Duration::from_millis(50) {
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE && took < Duration::from_millis(50)
+        {
             assert!(response.headers().contains_key("retry-after"));
             let body: serde_json::Value = response.json().await.unwrap();
             assert_eq!(body["code"], "OVERLOADED");
@@ -52,7 +87,10 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
     // Item reads do not need the breaker: they are still answered (from the database when it
     // is back; here the point is that they do not hang).
 
-    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).execute(&mut pg).await.unwrap();
+    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut pg)
+        .await
+        .unwrap();
     let mut recovered = false;
     for _ in 0..100 {
         if buy().await.0 == StatusCode::CREATED {
