@@ -109,6 +109,7 @@ impl Application {
             committer.clone(),
             stock.clone(),
             db_breaker.clone(),
+            config.order_answer_timeout,
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;

@@ -89,6 +89,9 @@ struct Inner {
     stock: StockActors,
     breaker: Arc<CircuitBreaker>,
     retry: RetryPolicy,
+    /// Retries of a reservation stop at the client's answer deadline: past it the client has
+    /// its 202 and the saga should settle, not keep a hot item's queue busy.
+    answer_deadline: Duration,
     events: broadcast::Sender<OrderEvent>,
     ids: tokio::sync::Mutex<IdBlock>,
     running: Mutex<HashMap<i64, SagaView>>,
@@ -127,6 +130,7 @@ impl OrderSagas {
         committer: GroupCommitter,
         stock: StockActors,
         breaker: Arc<CircuitBreaker>,
+        answer_deadline: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {
@@ -134,7 +138,13 @@ impl OrderSagas {
             committer,
             stock,
             breaker,
-            retry: RetryPolicy::default(),
+            // A contended SQLite write can fail fast with SQLITE_BUSY; retries are cheap and
+            // bounded by the answer deadline, so allow several.
+            retry: RetryPolicy {
+                max_attempts: 10,
+                ..RetryPolicy::default()
+            },
+            answer_deadline,
             events,
             ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
             running: Mutex::new(HashMap::new()),
@@ -439,7 +449,7 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
     for (index, &(item_id, quantity)) in request.lines.iter().enumerate() {
         let inner = inner.clone();
         tasks.spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            let deadline = tokio::time::Instant::now() + inner.answer_deadline;
             let result = retry(
                 &inner.retry,
                 deadline,
