@@ -108,39 +108,39 @@ impl GroupCommitter {
         })
     }
 
-    /// Writes and waits for the commit.
+    /// Queues the write `make` builds around a reply channel and waits for its commit.
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, PersistenceError>>) -> Write,
+    ) -> Result<T, PersistenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(make(reply))?;
+        rx.await.map_err(|_| PersistenceError::Closed)?
+    }
+
+    /// Writes a new PROCESSING order and waits for the commit.
     pub async fn begin_order(&self, order: NewOrder) -> Result<BeginOutcome, PersistenceError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Write::BeginOrder(order, reply))?;
-        rx.await.map_err(|_| PersistenceError::Closed)?
+        self.write(|reply| Write::BeginOrder(order, reply)).await
     }
 
-    /// Writes and waits for the commit.
+    /// Writes an order's final status and waits for the commit.
     pub async fn resolve(&self, r: OrderResolution) -> Result<ResolveOutcome, PersistenceError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Write::Resolve(r, reply))?;
-        rx.await.map_err(|_| PersistenceError::Closed)?
+        self.write(|reply| Write::Resolve(r, reply)).await
     }
 
-    /// Writes and waits for the commit.
+    /// Cancels an order and waits for the commit.
     pub async fn cancel(&self, order_id: i64) -> Result<CancelOutcome, PersistenceError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Write::Cancel(order_id, reply))?;
-        rx.await.map_err(|_| PersistenceError::Closed)?
+        self.write(|reply| Write::Cancel(order_id, reply)).await
     }
 
-    /// Writes and waits for the commit.
+    /// Writes a reservation batch and waits for the commit.
     pub async fn reserve(&self, batch: ReserveBatch) -> Result<ReserveOutcome, PersistenceError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Write::Reserve(batch, reply))?;
-        rx.await.map_err(|_| PersistenceError::Closed)?
+        self.write(|reply| Write::Reserve(batch, reply)).await
     }
 
     /// Releases expired reservations and waits for the commit.
     pub async fn release_expired(&self) -> Result<u64, PersistenceError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(Write::ReleaseExpired(reply))?;
-        rx.await.map_err(|_| PersistenceError::Closed)?
+        self.write(Write::ReleaseExpired).await
     }
 }
 

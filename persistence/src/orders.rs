@@ -3,7 +3,7 @@
 
 use sqlx::{AnyConnection, FromRow};
 
-use crate::{Database, PersistenceError, now_millis};
+use crate::{Database, PersistenceError};
 
 /// Order status as stored.
 pub mod status {
@@ -165,6 +165,13 @@ pub struct OrderLineRecord {
     pub unit_price: i64,
     /// Line status.
     pub status: String,
+}
+
+#[derive(FromRow)]
+struct PageLineRow {
+    order_id: i64,
+    #[sqlx(flatten)]
+    line: OrderLineRecord,
 }
 
 #[derive(FromRow)]
@@ -332,18 +339,23 @@ async fn release_reservation(
     Ok(true)
 }
 
-async fn reservations_of(
+/// Releases every reservation of an order that is in `from` status.
+async fn release_all(
     conn: &mut AnyConnection,
     order_id: i64,
-    status: &str,
-) -> Result<Vec<i64>, sqlx::Error> {
-    let rows: Vec<(i64,)> =
+    from: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let items: Vec<(i64,)> =
         sqlx::query_as("SELECT item_id FROM reservations WHERE order_id = $1 AND status = $2")
             .bind(order_id)
-            .bind(status)
+            .bind(from)
             .fetch_all(&mut *conn)
             .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    for (item_id,) in items {
+        release_reservation(conn, order_id, item_id, from, now).await?;
+    }
+    Ok(())
 }
 
 async fn outbox(
@@ -400,9 +412,7 @@ async fn fail_order(
     if changed == 0 {
         return Ok(ResolveOutcome::AlreadyFinal);
     }
-    for item_id in reservations_of(conn, order_id, "HELD").await? {
-        release_reservation(conn, order_id, item_id, "HELD", now).await?;
-    }
+    release_all(conn, order_id, "HELD", now).await?;
     if line_statuses.is_empty() {
         sqlx::query(
             "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
@@ -449,9 +459,7 @@ pub(crate) async fn resolve_order(
     if i64::try_from(confirmed).unwrap_or(i64::MAX) != lines {
         // A reservation expired before the saga confirmed it: the order cannot succeed. Put
         // back what was just confirmed and fail it, all in this transaction.
-        for item_id in reservations_of(conn, resolution.order_id, "CONFIRMED").await? {
-            release_reservation(conn, resolution.order_id, item_id, "CONFIRMED", now).await?;
-        }
+        release_all(conn, resolution.order_id, "CONFIRMED", now).await?;
         return fail_order(
             conn,
             resolution.order_id,
@@ -496,9 +504,7 @@ pub(crate) async fn cancel_order(
     if changed == 0 {
         return Ok(CancelOutcome::NotCancellable);
     }
-    for item_id in reservations_of(conn, order_id, "CONFIRMED").await? {
-        release_reservation(conn, order_id, item_id, "CONFIRMED", now).await?;
-    }
+    release_all(conn, order_id, "CONFIRMED", now).await?;
     sqlx::query("UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1")
         .bind(order_id)
         .execute(&mut *conn)
@@ -570,12 +576,36 @@ impl Database {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in rows {
-            let lines = self.lines_of(row.id).await?;
-            orders.push(row.with_lines(lines));
+        let (Some(newest), Some(oldest)) = (rows.first().map(|r| r.id), rows.last().map(|r| r.id))
+        else {
+            return Ok(Vec::new());
+        };
+        // One query for the lines of the whole page instead of one per order.
+        let lines: Vec<(i64, OrderLineRecord)> = sqlx::query_as::<_, PageLineRow>(
+            "SELECT l.order_id, l.item_id, l.quantity, l.unit_price, l.status \
+             FROM order_lines l JOIN orders o ON o.id = l.order_id \
+             WHERE o.user_id = $1 AND l.order_id BETWEEN $2 AND $3 ORDER BY l.order_id, l.line_no",
+        )
+        .bind(user_id)
+        .bind(oldest)
+        .bind(newest)
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .map(|r| (r.order_id, r.line))
+        .collect();
+        let mut by_order: std::collections::HashMap<i64, Vec<OrderLineRecord>> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for (order_id, line) in lines {
+            by_order.entry(order_id).or_default().push(line);
         }
-        Ok(orders)
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let lines = by_order.remove(&row.id).unwrap_or_default();
+                row.with_lines(lines)
+            })
+            .collect())
     }
 
     /// Orders still PROCESSING (at start: sagas a previous process left unfinished).
@@ -584,18 +614,6 @@ impl Database {
             .fetch_all(self.pool())
             .await?;
         Ok(rows.into_iter().map(|(id,)| id).collect())
-    }
-
-    /// Units sold (confirmed) of an item.
-    pub async fn units_sold(&self, item_id: i64) -> Result<i64, PersistenceError> {
-        let (sold,): (i64,) = sqlx::query_as(
-            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
-             WHERE item_id = $1 AND status = 'CONFIRMED'",
-        )
-        .bind(item_id)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(sold)
     }
 
     /// Allocates a block of `size` order ids; returns the first.
@@ -607,10 +625,5 @@ impl Database {
         .fetch_one(self.pool())
         .await?;
         Ok(next - size)
-    }
-
-    /// Current time, for callers that stamp rows.
-    pub fn now(&self) -> i64 {
-        now_millis()
     }
 }

@@ -262,6 +262,33 @@ on_both_backends! {
         assert_error(&send(app.get(&format!("/api/v1/orders/{id}/events")).bearer_auth(&other.access)).await, 403, "FORBIDDEN");
     }
 
+    async fn my_orders_come_newest_first_with_their_own_lines(app: TestApp) {
+        let admin = app.admin().await;
+        let a = app.create_item(&admin, "A", 10, 50).await["itemId"].as_i64().unwrap();
+        let b = app.create_item(&admin, "B", 20, 50).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        let other = app.new_user().await;
+        let mut placed = Vec::new();
+        for lines in [
+            json!([{ "itemId": a, "quantity": 1 }]),
+            json!([{ "itemId": a, "quantity": 2 }, { "itemId": b, "quantity": 3 }]),
+            json!([{ "itemId": b, "quantity": 4 }]),
+        ] {
+            let (status, body) = order(&app, &buyer, lines).await;
+            assert_eq!(status, StatusCode::CREATED);
+            placed.push(body);
+            // Someone else's order in between must not show up or lend its lines.
+            assert_eq!(order(&app, &other, json!([{ "itemId": a, "quantity": 1 }])).await.0, StatusCode::CREATED);
+        }
+        let (status, first) = send(app.get("/api/v1/orders?limit=2").bearer_auth(&buyer.access)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(first["items"], json!([placed[2], placed[1]]));
+        let cursor = first["nextCursor"].as_str().unwrap();
+        let (_, second) = send(app.get(&format!("/api/v1/orders?limit=2&cursor={cursor}")).bearer_auth(&buyer.access)).await;
+        assert_eq!(second["items"], json!([placed[0]]));
+        assert!(second["nextCursor"].is_null());
+    }
+
     async fn bad_orders_are_refused_without_side_effects(app: TestApp) {
         let admin = app.admin().await;
         let item = app.create_item(&admin, "Guarded", 100, 5).await["itemId"].as_i64().unwrap();
