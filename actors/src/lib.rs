@@ -3,6 +3,7 @@
 
 pub mod saga;
 pub mod stock;
+mod supervision;
 
 pub use saga::{OrderRequest, OrderSagas, SagaError, SagaOutcome};
 pub use stock::{ReserveError, StockActors, StockConfig};

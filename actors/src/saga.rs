@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use surge_persistence::committer::GroupCommitter;
 use surge_persistence::orders::{
@@ -17,6 +17,7 @@ use surge_supervisors::{CircuitBreaker, RetryPolicy, retry};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::stock::{ReserveError, StockActors};
+use crate::supervision::{Failures, actor_name, start_supervisor};
 
 /// A validated order request.
 #[derive(Debug, Clone)]
@@ -95,7 +96,7 @@ struct Inner {
     events: broadcast::Sender<OrderEvent>,
     ids: tokio::sync::Mutex<IdBlock>,
     running: Mutex<HashMap<i64, SagaView>>,
-    failures: Mutex<(u64, Option<String>)>,
+    failures: Failures,
 }
 
 /// A running saga as the admin endpoint shows it.
@@ -148,16 +149,12 @@ impl OrderSagas {
             events,
             ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
             running: Mutex::new(HashMap::new()),
-            failures: Mutex::new((0, None)),
+            failures: Failures::default(),
         });
-        let (supervisor, _) = Actor::spawn(
-            None,
-            SagaSupervisor {
-                inner: inner.clone(),
-            },
-            (),
-        )
-        .await?;
+        // A failed saga leaves its order PROCESSING; its reservations expire and the order
+        // is compensated at the next start (`recover`). The supervisor counts the failure.
+        let supervisor =
+            start_supervisor("saga", inner.failures.clone(), Box::new(|_, _| {})).await?;
         Ok(Self { inner, supervisor })
     }
 
@@ -173,12 +170,7 @@ impl OrderSagas {
 
     /// Running sagas, for the admin endpoint.
     pub fn views(&self) -> Vec<SagaView> {
-        let (restarts, last_error) = self
-            .inner
-            .failures
-            .lock()
-            .map(|f| f.clone())
-            .unwrap_or_default();
+        let failures = self.inner.failures.total();
         let mut views: Vec<SagaView> = self
             .inner
             .running
@@ -186,8 +178,8 @@ impl OrderSagas {
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
         for v in &mut views {
-            v.restarts = restarts;
-            v.last_error.clone_from(&last_error);
+            v.restarts = failures.restarts;
+            v.last_error.clone_from(&failures.last_error);
         }
         views.sort_by_key(|v| v.key);
         views
@@ -202,7 +194,7 @@ impl OrderSagas {
         let order_id = self.next_order_id().await?;
         let (reply, rx) = oneshot::channel();
         Actor::spawn_linked(
-            None,
+            Some(actor_name("saga", order_id)),
             OrderSaga,
             SagaArgs {
                 inner: self.inner.clone(),
@@ -254,39 +246,6 @@ impl OrderSagas {
     /// Stops the supervisor (after the HTTP layer has drained).
     pub fn stop(&self) {
         self.supervisor.stop(None);
-    }
-}
-
-/// Supervises sagas: a saga that fails is compensated (its order recorded FAILED, its
-/// reservations released) and counted.
-#[derive(Debug)]
-struct SagaSupervisor {
-    inner: Arc<Inner>,
-}
-
-impl Actor for SagaSupervisor {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<()>,
-        event: SupervisionEvent,
-        _state: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(_, error) = event {
-            tracing::error!(error = %error, "order saga failed");
-            if let Ok(mut f) = self.inner.failures.lock() {
-                f.0 += 1;
-                f.1 = Some(error.to_string());
-            }
-        }
-        Ok(())
     }
 }
 

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use surge_persistence::committer::GroupCommitter;
 use surge_persistence::orders::{ReserveBatch, ReserveOutcome};
 use surge_persistence::{Database, PersistenceError, now_millis};
 use tokio::sync::OnceCell;
+
+use crate::supervision::{Failures, actor_name, start_supervisor};
 
 /// Tuning of stock actors.
 #[derive(Debug, Clone)]
@@ -281,7 +283,7 @@ impl Actor for StockActor {
                                 "this node no longer owns the item".into(),
                             )));
                         }
-                        self.slots.remove(state.item_id);
+                        self.slots.remove_actor(state.item_id, myself.get_id());
                         myself.stop(Some("fenced".into()));
                         return Ok(());
                     }
@@ -362,20 +364,30 @@ struct Slot {
     price: AtomicI64,
 }
 
-/// Failures seen per item, kept across restarts for the admin page.
-#[derive(Debug, Default, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FailureRecord {
-    restarts: u64,
-    last_error: Option<String>,
-}
-
 #[derive(Debug, Clone, Default)]
 struct Slots(Arc<Mutex<HashMap<i64, Arc<Slot>>>>);
 
 impl Slots {
-    fn remove(&self, item_id: i64) {
-        if let Ok(mut map) = self.0.lock() {
+    /// Removes the item's slot if it still holds the actor `id`: a newer actor that already
+    /// took the item over keeps its place.
+    fn remove_actor(&self, item_id: i64, id: ActorId) {
+        if let Ok(mut map) = self.0.lock()
+            && map
+                .get(&item_id)
+                .and_then(|slot| slot.actor.get())
+                .is_some_and(|actor| actor.get_id() == id)
+        {
+            map.remove(&item_id);
+        }
+    }
+
+    /// Removes a slot whose actor never started (its item does not exist).
+    fn remove_unstarted(&self, item_id: i64) {
+        if let Ok(mut map) = self.0.lock()
+            && map
+                .get(&item_id)
+                .is_some_and(|slot| slot.actor.get().is_none())
+        {
             map.remove(&item_id);
         }
     }
@@ -429,50 +441,11 @@ pub struct StockActors {
     committer: GroupCommitter,
     config: StockConfig,
     slots: Slots,
-    failures: Arc<Mutex<HashMap<i64, FailureRecord>>>,
+    /// Failures per item, kept across actor restarts. The supervisor drops a failed actor
+    /// from the registry; the next request for its item starts a fresh one under a new epoch,
+    /// which reclaims whatever the failed one had checked out.
+    failures: Failures,
     supervisor: ActorRef<()>,
-}
-
-/// Supervises stock actors one for one: a failed actor is dropped from the registry and the
-/// next request for its item starts a fresh one under a new epoch, which reclaims whatever the
-/// failed one had checked out. Failures are counted for the admin page.
-#[derive(Debug)]
-struct StockSupervisor {
-    slots: Slots,
-    failures: Arc<Mutex<HashMap<i64, FailureRecord>>>,
-}
-
-impl Actor for StockSupervisor {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<()>,
-        event: SupervisionEvent,
-        _state: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, error) = event {
-            let item_id = cell
-                .get_name()
-                .and_then(|n| n.split('-').nth(1).and_then(|id| id.parse::<i64>().ok()));
-            tracing::error!(?item_id, error = %error, "stock actor failed");
-            if let Some(item_id) = item_id {
-                self.slots.remove(item_id);
-                if let Ok(mut f) = self.failures.lock() {
-                    let record = f.entry(item_id).or_default();
-                    record.restarts += 1;
-                    record.last_error = Some(error.to_string());
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Gives back the slot's waiting count when a reservation attempt ends.
@@ -496,14 +469,12 @@ impl StockActors {
         config: StockConfig,
     ) -> Result<Self, ractor::SpawnErr> {
         let slots = Slots::default();
-        let failures = Arc::new(Mutex::new(HashMap::new()));
-        let (supervisor, _) = Actor::spawn(
-            None,
-            StockSupervisor {
-                slots: slots.clone(),
-                failures: failures.clone(),
-            },
-            (),
+        let failures = Failures::default();
+        let registry = slots.clone();
+        let supervisor = start_supervisor(
+            "stock",
+            failures.clone(),
+            Box::new(move |item_id, id| registry.remove_actor(item_id, id)),
         )
         .await?;
         Ok(Self {
@@ -554,7 +525,7 @@ impl StockActors {
                 slot.epoch.store(claim.epoch, Ordering::Relaxed);
                 slot.price.store(claim.price, Ordering::Relaxed);
                 let (actor, _) = Actor::spawn_linked(
-                    Some(format!("stock-{item_id}-{}", unique_suffix())),
+                    Some(actor_name("stock", item_id)),
                     StockActor {
                         db: self.db.clone(),
                         committer: self.committer.clone(),
@@ -576,7 +547,7 @@ impl StockActors {
         match actor {
             Ok(a) => Ok(a.clone()),
             Err(ReserveError::ItemNotFound) => {
-                self.slots.remove(item_id);
+                self.slots.remove_unstarted(item_id);
                 Err(ReserveError::ItemNotFound)
             }
             Err(e) => Err(e),
@@ -654,12 +625,11 @@ impl StockActors {
             .lock()
             .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
             .unwrap_or_default();
-        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
         let mut views: Vec<StockActorView> = slots
             .into_iter()
             .filter(|(_, slot)| slot.actor.initialized())
             .map(|(item_id, slot)| {
-                let failure = failures.get(&item_id).cloned().unwrap_or_default();
+                let failure = self.failures.of(item_id);
                 StockActorView {
                     kind: "stock",
                     key: item_id,
@@ -693,9 +663,4 @@ impl StockActors {
         }
         self.supervisor.stop(None);
     }
-}
-
-fn unique_suffix() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
