@@ -109,7 +109,8 @@ impl Application {
             committer.clone(),
             stock.clone(),
             db_breaker.clone(),
-            config.order_answer_timeout,
+            // Half the reservation lifetime leaves the other half for the confirmation.
+            config.order_answer_timeout.max(config.reservation_ttl / 2),
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;

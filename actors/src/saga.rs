@@ -90,9 +90,10 @@ struct Inner {
     stock: StockActors,
     breaker: Arc<CircuitBreaker>,
     retry: RetryPolicy,
-    /// Retries of a reservation stop at the client's answer deadline: past it the client has
-    /// its 202 and the saga should settle, not keep a hot item's queue busy.
-    answer_deadline: Duration,
+    /// How long a saga may spend reserving (waiting and retrying). It may outlive the client's
+    /// answer deadline (the client then has its 202), but must end well before its
+    /// reservations expire, or it would confirm units the sweeper already gave back.
+    reserve_deadline: Duration,
     events: broadcast::Sender<OrderEvent>,
     ids: tokio::sync::Mutex<IdBlock>,
     running: Mutex<HashMap<i64, SagaView>>,
@@ -131,7 +132,7 @@ impl OrderSagas {
         committer: GroupCommitter,
         stock: StockActors,
         breaker: Arc<CircuitBreaker>,
-        answer_deadline: Duration,
+        reserve_deadline: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let inner = Arc::new(Inner {
@@ -145,7 +146,7 @@ impl OrderSagas {
                 max_attempts: 10,
                 ..RetryPolicy::default()
             },
-            answer_deadline,
+            reserve_deadline,
             events,
             ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
             running: Mutex::new(HashMap::new()),
@@ -408,12 +409,15 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
     for (index, &(item_id, quantity)) in request.lines.iter().enumerate() {
         let inner = inner.clone();
         tasks.spawn(async move {
-            let deadline = tokio::time::Instant::now() + inner.answer_deadline;
+            let deadline = tokio::time::Instant::now() + inner.reserve_deadline;
             let result = retry(
                 &inner.retry,
                 deadline,
                 |e: &ReserveError| matches!(e, ReserveError::Unavailable(_)),
-                |_| inner.stock.reserve(item_id, order_id, quantity),
+                |_| {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    inner.stock.reserve(item_id, order_id, quantity, left)
+                },
             )
             .await;
             (index, result)
@@ -438,9 +442,11 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
             })
             .collect();
         let unavailable = results.iter().find_map(|r| match r {
-            Some(Err(e @ (ReserveError::Unavailable(_) | ReserveError::Overloaded))) => {
-                Some(e.to_string())
-            }
+            Some(Err(
+                e @ (ReserveError::Unavailable(_)
+                | ReserveError::Undetermined(_)
+                | ReserveError::Overloaded),
+            )) => Some(e.to_string()),
             None => Some("a reservation task failed".to_owned()),
             _ => None,
         });

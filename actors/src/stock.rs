@@ -66,9 +66,14 @@ pub enum ReserveError {
     /// Too much work is already waiting on this item.
     #[error("too many requests are waiting for this item")]
     Overloaded,
-    /// The database failed or the owner changed; retrying may succeed.
+    /// The database failed or the owner changed, and nothing was written; retrying may succeed.
     #[error("stock unavailable: {0}")]
     Unavailable(String),
+    /// No answer in time: the reservation may or may not have been written, so it must not be
+    /// retried (a retry could hold the units twice); the order is failed and compensated, which
+    /// releases it if it exists.
+    #[error("reservation outcome unknown: {0}")]
+    Undetermined(String),
 }
 
 /// Counters an actor shares with the admin endpoint.
@@ -457,9 +462,6 @@ impl Drop for Waiting {
     }
 }
 
-/// How long a saga waits for one reservation before calling the item unavailable.
-const RESERVE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl StockActors {
     /// Starts the supervisor. `instance` makes actor names unique when several nodes share a
     /// process (tests).
@@ -560,6 +562,7 @@ impl StockActors {
         item_id: i64,
         order_id: i64,
         quantity: i64,
+        timeout: Duration,
     ) -> Result<(), ReserveError> {
         let waiting = self.slot(item_id)?;
         let actor = self.actor(item_id, &waiting.0).await?;
@@ -570,12 +573,12 @@ impl StockActors {
                     quantity,
                     reply,
                 },
-                Some(RESERVE_CALL_TIMEOUT),
+                Some(timeout),
             )
             .await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
-            Ok(ractor::rpc::CallResult::Timeout) => Err(ReserveError::Unavailable(
+            Ok(ractor::rpc::CallResult::Timeout) => Err(ReserveError::Undetermined(
                 "the stock actor did not answer in time".into(),
             )),
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
