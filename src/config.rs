@@ -67,6 +67,8 @@ pub struct Config {
     pub max_inflight_orders: usize,
     /// `SURGE_RESERVATION_TTL_MS`: an unconfirmed reservation's lifetime.
     pub reservation_ttl: Duration,
+    /// `SURGE_STOCK_PASSIVATE_MS`: a stock actor idle this long gives its allotment back.
+    pub stock_passivate_after: Duration,
 }
 
 impl Config {
@@ -173,7 +175,10 @@ impl Config {
                 .unwrap_or(8_192);
         let reservation_ttl =
             Duration::from_millis(number("SURGE_RESERVATION_TTL_MS", 30_000, 100, 3_600_000)?);
+        let stock_passivate_after =
+            Duration::from_millis(number("SURGE_STOCK_PASSIVATE_MS", 60_000, 100, 86_400_000)?);
         Ok(Self {
+            stock_passivate_after,
             node_id,
             order_answer_timeout,
             flush_tick,

@@ -99,6 +99,7 @@ impl Application {
             StockConfig {
                 owner: config.node_id.clone(),
                 reservation_ttl: config.reservation_ttl,
+                passivate_after: config.stock_passivate_after,
                 ..StockConfig::default()
             },
         )

@@ -83,16 +83,23 @@ impl Lcg {
     }
 }
 
+/// POSTs JSON (with a token when given) and returns the JSON answer.
+async fn post(client: &reqwest::Client, url: String, token: Option<&str>, body: Value) -> Value {
+    let mut request = client.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn login(client: &reqwest::Client, base: &str, login: &str, password: &str) -> String {
-    let body: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({ "loginId": login, "password": password }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = post(
+        client,
+        format!("{base}/api/v1/auth/login"),
+        None,
+        json!({ "loginId": login, "password": password }),
+    )
+    .await;
     body["accessToken"].as_str().unwrap().to_owned()
 }
 
@@ -154,26 +161,24 @@ async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
     let mut node = start(&dir);
 
     let admin = login(&client, &node.base, "crash_admin", "crash-admin-password").await;
-    let item: Value = client
-        .post(format!("{}/api/v1/items", node.base))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "Crash item", "price": 10, "stock": UNITS }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let item = post(
+        &client,
+        format!("{}/api/v1/items", node.base),
+        Some(&admin),
+        json!({ "name": "Crash item", "price": 10, "stock": UNITS }),
+    )
+    .await;
     let item = item["itemId"].as_i64().unwrap();
     let mut tokens = Vec::new();
     for i in 0..BUYERS {
         let login_id = format!("crash_buyer_{i}");
-        client
-            .post(format!("{}/api/v1/users", node.base))
-            .json(&json!({ "loginId": login_id, "password": "buyer-password", "name": "B" }))
-            .send()
-            .await
-            .unwrap();
+        post(
+            &client,
+            format!("{}/api/v1/users", node.base),
+            None,
+            json!({ "loginId": login_id, "password": "buyer-password", "name": "B" }),
+        )
+        .await;
         tokens.push(login(&client, &node.base, &login_id, "buyer-password").await);
     }
 

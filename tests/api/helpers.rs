@@ -58,8 +58,10 @@ fn with_database(url: &str, name: &str) -> String {
 pub struct TestDatabase {
     pub backend: Backend,
     pub url: String,
-    /// The SQLite file's directory (removed when the test's TestDir drops).
+    /// The SQLite file's directory.
     pub dir: Option<PathBuf>,
+    /// Extra node settings (`SURGE_*`), kept across restarts; they win over the defaults.
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl TestDatabase {
@@ -74,6 +76,7 @@ impl TestDatabase {
                     backend,
                     url,
                     dir: Some(dir),
+                    settings: Vec::new(),
                 }
             }
             Backend::Postgres => {
@@ -92,6 +95,7 @@ impl TestDatabase {
                     backend,
                     url: with_database(&admin, &name),
                     dir: None,
+                    settings: Vec::new(),
                 }
             }
         }
@@ -99,14 +103,15 @@ impl TestDatabase {
 
     /// Node configuration for this database.
     pub fn config(&self) -> Config {
-        let mut vars = vec![
+        let mut vars = self.settings.clone();
+        vars.extend([
             ("SURGE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
             ("SURGE_DATABASE_URL", self.url.clone()),
             ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", ADMIN_LOGIN.to_owned()),
             ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
             // Debug builds on two shared cores are slow; a test that wants 202 sets its own.
             ("SURGE_ORDER_ANSWER_TIMEOUT_MS", "30000".to_owned()),
-        ];
+        ]);
         if self.backend == Backend::Postgres {
             vars.push(("SURGE_JWT_SECRET", PG_JWT_SECRET.to_owned()));
         }
@@ -127,6 +132,54 @@ impl TestDatabase {
                 .to_owned(),
             None => PG_JWT_SECRET.to_owned(),
         }
+    }
+}
+
+/// A real outage of a test node's PostgreSQL database: new connections are refused and the
+/// open ones are cut, until [`PgOutage::end`].
+pub struct PgOutage {
+    admin: sqlx::AnyConnection,
+    database: String,
+}
+
+impl PgOutage {
+    pub async fn begin(db: &TestDatabase) -> Self {
+        assert_eq!(
+            db.backend,
+            Backend::Postgres,
+            "outages are made on PostgreSQL"
+        );
+        let database = db
+            .url
+            .split('?')
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut admin = sqlx::AnyConnection::connect(&pg_admin_url()).await.unwrap();
+        for sql in [
+            format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false"),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+            ),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        Self { admin, database }
+    }
+
+    pub async fn end(mut self) {
+        let sql = format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", self.database);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut self.admin)
+            .await
+            .unwrap();
+        let _ = self.admin.close().await;
     }
 }
 
@@ -153,6 +206,16 @@ pub struct TestUser {
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
         Self::spawn_on(TestDatabase::create(backend).await).await
+    }
+
+    /// A node with extra settings, e.g. `[("SURGE_MAX_INFLIGHT_ORDERS", "1")]`.
+    pub async fn spawn_with(backend: Backend, settings: &[(&'static str, &str)]) -> Self {
+        let mut db = TestDatabase::create(backend).await;
+        db.settings = settings
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned()))
+            .collect();
+        Self::spawn_on(db).await
     }
 
     pub async fn spawn_on(db: TestDatabase) -> Self {

@@ -12,3 +12,4 @@ mod ops;
 mod orders;
 mod outage;
 mod restart;
+mod stock;

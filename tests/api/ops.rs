@@ -1,6 +1,6 @@
 use reqwest::StatusCode;
 
-use crate::helpers::{TestApp, assert_error, send};
+use crate::helpers::{PgOutage, TestApp, assert_error, send};
 use crate::on_both_backends;
 
 on_both_backends! {
@@ -37,37 +37,10 @@ on_both_backends! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_names_the_database_while_it_refuses_connections() {
-    use sqlx::Connection;
     let app = TestApp::spawn(crate::helpers::Backend::Postgres).await;
-    let name = app
-        .db
-        .url
-        .split('?')
-        .next()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut admin = sqlx::AnyConnection::connect(&crate::helpers::pg_admin_url())
-        .await
-        .unwrap();
-    let run = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
-    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    run(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    let outage = PgOutage::begin(&app.db).await;
     let down = send(app.get("/health/ready")).await;
-    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    outage.end().await;
     assert_error(&down, 503, "NOT_READY");
     assert_eq!(down.1["details"]["failing"][0], "database");
     // It comes back by itself once the database does.

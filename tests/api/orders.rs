@@ -309,6 +309,10 @@ on_both_backends! {
             .header("Idempotency-Key", "has space")
             .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))).await;
         assert_error(&bad_key, 400, "VALIDATION_FAILED");
+        // Coupons come with their own issue; until then an order naming one is refused.
+        let with_coupon = send(app.post("/api/v1/orders").bearer_auth(&buyer.access)
+            .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }], "couponId": 1 }))).await;
+        assert_error(&with_coupon, 404, "NOT_FOUND");
         let anonymous = send(app.post("/api/v1/orders").json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] }))).await;
         assert_error(&anonymous, 401, "UNAUTHENTICATED");
         assert_eq!(stock_of(&app, item).await, 5);

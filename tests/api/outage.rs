@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::Connection;
 
-use crate::helpers::{Backend, TestApp, send};
+use crate::helpers::{Backend, PgOutage, TestApp, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_breaker_opens_fails_fast_and_recovers() {
@@ -27,30 +26,7 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
     assert_eq!(buy().await.0, StatusCode::CREATED);
 
     // Take the database away: refuse new connections and cut the open ones.
-    let name = app
-        .db
-        .url
-        .split('?')
-        .next()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut pg = sqlx::AnyConnection::connect(&crate::helpers::pg_admin_url())
-        .await
-        .unwrap();
-    let run = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
-    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        .execute(&mut pg)
-        .await
-        .unwrap();
-    run(format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-    ))
-    .execute(&mut pg)
-    .await
-    .unwrap();
+    let outage = PgOutage::begin(&app.db).await;
 
     // Failures open the breaker; from then on answers are immediate 503s with Retry-After.
     let mut fast = Vec::new();
@@ -87,10 +63,7 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
     // Item reads do not need the breaker: they are still answered (from the database when it
     // is back; here the point is that they do not hang).
 
-    run(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        .execute(&mut pg)
-        .await
-        .unwrap();
+    outage.end().await;
     let mut recovered = false;
     for _ in 0..100 {
         if buy().await.0 == StatusCode::CREATED {
@@ -102,6 +75,5 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
     assert!(recovered, "orders did not come back after the database did");
     let (_, circuits) = send(app.get("/api/v1/admin/circuits").bearer_auth(&admin.access)).await;
     assert_eq!(circuits["circuits"][0]["state"], "closed");
-    let _ = pg.close().await;
     app.stop().await;
 }
