@@ -49,30 +49,32 @@ async fn passivation_gives_the_allotment_back(backend: Backend) {
         .expect("the item has an actor");
     assert_eq!(first["allotmentLeft"], 48);
 
-    let mut gone = false;
+    // The actor leaves the registry first, then writes its allotment back: wait for both.
+    let mut conn = db(&app).await;
+    let mut state = None;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if stock_actor(&app, &admin.access, item).await.is_none() {
-            gone = true;
+        let gone = stock_actor(&app, &admin.access, item).await.is_none();
+        let (units,): (i64,) =
+            sqlx::query_as("SELECT units FROM stock_allotments WHERE item_id = $1")
+                .bind(item)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
+            .bind(item)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        state = Some((gone, units, available));
+        if gone && units == 0 {
             break;
         }
     }
-    assert!(gone, "the idle actor never passivated");
-    let mut conn = db(&app).await;
-    let (units,): (i64,) = sqlx::query_as("SELECT units FROM stock_allotments WHERE item_id = $1")
-        .bind(item)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
-        .bind(item)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
     assert_eq!(
-        (units, available),
-        (0, 48),
-        "the unsold allotment is back in the item row"
+        state,
+        Some((true, 0, 48)),
+        "the idle actor stopped and its unsold allotment is back in the item row"
     );
     assert_eq!(stock_of(&app, item).await, 48);
 
