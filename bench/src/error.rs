@@ -1,0 +1,29 @@
+//! Why a bench run could not produce a report.
+
+/// A run that stopped before it could report. (A failed invariant is not an error: it is a
+/// report whose `invariants_ok` is false.)
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The options do not make a run.
+    #[error("{0}")]
+    Usage(String),
+    /// No ADMIN to create items and coupons with.
+    #[error(
+        "admin credentials are needed: pass --admin-login-id and --admin-password, or set \
+         SURGE_BOOTSTRAP_ADMIN_LOGIN_ID and SURGE_BOOTSTRAP_ADMIN_PASSWORD"
+    )]
+    NoAdminCredentials,
+    /// A set-up or read-back request got no answer.
+    #[error("{what}: {source}")]
+    Http {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A set-up or read-back request got an answer the run cannot go on with.
+    #[error("{what}: {detail}")]
+    Unexpected { what: String, detail: String },
+    /// The plot could not be drawn or written.
+    #[error("writing the plot {path}: {detail}")]
+    Plot { path: String, detail: String },
+}
