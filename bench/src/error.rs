@@ -14,7 +14,7 @@ pub enum BenchError {
     )]
     NoAdminCredentials,
     /// A set-up or read-back request got no answer.
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", with_causes(.source))]
     Http {
         what: String,
         #[source]
@@ -26,4 +26,17 @@ pub enum BenchError {
     /// The plot could not be drawn or written.
     #[error("writing the plot {path}: {detail}")]
     Plot { path: String, detail: String },
+}
+
+/// An error and its causes on one line: reqwest's own message ("error sending request") says
+/// little without the cause under it ("connection refused").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
