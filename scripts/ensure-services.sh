@@ -303,7 +303,8 @@ ensure_redis() {
     done
     log "redis: ready"
   fi
-  emit_export SURGE_TEST_REDIS_URL "redis://$REDIS_HOST:$REDIS_PORT"
+  # Database 9: the tests keep to a database of their own (and a key prefix per test node).
+  emit_export SURGE_TEST_REDIS_URL "redis://$REDIS_HOST:$REDIS_PORT/9"
 }
 
 # --------------------------------------------------------------------------

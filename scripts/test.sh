@@ -18,7 +18,7 @@ if [ -n "${CI:-}" ]; then
 fi
 
 # Two steps on purpose: `eval "$(...)"` would ignore a failure of the script.
-service_exports=$(bash scripts/ensure-services.sh postgres)
+service_exports=$(bash scripts/ensure-services.sh postgres redis)
 eval "$service_exports"
 
 cargo_args=(test --workspace)

@@ -69,7 +69,30 @@ pub struct Config {
     pub reservation_ttl: Duration,
     /// `SURGE_STOCK_PASSIVATE_MS`: a stock actor idle this long gives its allotment back.
     pub stock_passivate_after: Duration,
+    /// `SURGE_COUPON_ANSWER_TIMEOUT_MS`: how long a coupon issue request waits for its answer.
+    pub coupon_answer_timeout: Duration,
+    /// `SURGE_REDIS_URL` and friends: Redis holds the live coupon counts. `None`: embedded.
+    pub redis: Option<RedisSettings>,
 }
+
+/// Where the coupon store lives in scaled mode.
+#[derive(Debug)]
+pub struct RedisSettings {
+    /// `SURGE_REDIS_URL` (may carry a password, so never logged).
+    pub url: SecretString,
+    /// `SURGE_REDIS_KEY_PREFIX`: every key this node writes starts with it, so several
+    /// deployments (or test runs) can share one Redis.
+    pub key_prefix: String,
+    /// `SURGE_COUPON_CLAIM_IDLE_MS`: stream entries another consumer left unacknowledged this
+    /// long are taken over.
+    pub claim_idle: Duration,
+    /// `SURGE_REDIS_TIMEOUT_MS`: a Redis call slower than this fails (and counts against the
+    /// breaker).
+    pub timeout: Duration,
+}
+
+/// Longest accepted `SURGE_REDIS_KEY_PREFIX`.
+const MAX_KEY_PREFIX: usize = 64;
 
 impl Config {
     /// Reads the process environment.
@@ -92,7 +115,6 @@ impl Config {
             )
         })?;
         for (variable, what) in [
-            ("SURGE_REDIS_URL", "the Redis coupon store"),
             ("SURGE_KAFKA_BROKERS", "cluster mode over Kafka"),
             ("SURGE_MONGO_URL", "the MongoDB read model"),
         ] {
@@ -177,7 +199,47 @@ impl Config {
             Duration::from_millis(number("SURGE_RESERVATION_TTL_MS", 30_000, 100, 3_600_000)?);
         let stock_passivate_after =
             Duration::from_millis(number("SURGE_STOCK_PASSIVATE_MS", 60_000, 100, 86_400_000)?);
+        let coupon_answer_timeout =
+            Duration::from_millis(number("SURGE_COUPON_ANSWER_TIMEOUT_MS", 5_000, 1, 60_000)?);
+        let redis = match get("SURGE_REDIS_URL") {
+            None => None,
+            Some(url) => {
+                if !url.starts_with("redis://") {
+                    return Err(invalid(
+                        "SURGE_REDIS_URL",
+                        "must start with redis:// (this build has no TLS; use a local tunnel for rediss)",
+                    ));
+                }
+                let key_prefix = get("SURGE_REDIS_KEY_PREFIX").unwrap_or_else(|| "surge".into());
+                if key_prefix.len() > MAX_KEY_PREFIX
+                    || !key_prefix
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+                {
+                    return Err(invalid(
+                        "SURGE_REDIS_KEY_PREFIX",
+                        format!("must be 1 to {MAX_KEY_PREFIX} characters of [A-Za-z0-9_.:-]"),
+                    ));
+                }
+                let claim_idle = Duration::from_millis(number(
+                    "SURGE_COUPON_CLAIM_IDLE_MS",
+                    30_000,
+                    100,
+                    3_600_000,
+                )?);
+                let timeout =
+                    Duration::from_millis(number("SURGE_REDIS_TIMEOUT_MS", 1_000, 10, 60_000)?);
+                Some(RedisSettings {
+                    timeout,
+                    url: SecretString::from(url),
+                    key_prefix,
+                    claim_idle,
+                })
+            }
+        };
         Ok(Self {
+            coupon_answer_timeout,
+            redis,
             stock_passivate_after,
             node_id,
             order_answer_timeout,
@@ -260,8 +322,19 @@ mod tests {
                 "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID",
             ),
             (
-                &[("SURGE_REDIS_URL", "redis://127.0.0.1")],
+                &[("SURGE_REDIS_URL", "http://127.0.0.1")],
                 "SURGE_REDIS_URL",
+            ),
+            (
+                &[
+                    ("SURGE_REDIS_URL", "redis://127.0.0.1"),
+                    ("SURGE_REDIS_KEY_PREFIX", "no spaces"),
+                ],
+                "SURGE_REDIS_KEY_PREFIX",
+            ),
+            (
+                &[("SURGE_KAFKA_BROKERS", "127.0.0.1:9092")],
+                "SURGE_KAFKA_BROKERS",
             ),
         ];
         for (vars, variable) in cases {

@@ -6,12 +6,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
-use surge_actors::{OrderSagas, StockActors, StockConfig};
+use secrecy::{ExposeSecret, SecretString};
+use surge_actors::coupon::CouponStore;
+use surge_actors::issue_writer::IssueWriterConfig;
+use surge_actors::{CouponActors, CouponConfig, IssueWriter, OrderSagas, StockActors, StockConfig};
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
 use surge_http::{AppState, AuthService, AuthSettings, Metrics, OrderServices};
 use surge_persistence::committer::{CommitterConfig, GroupCommitter};
+use surge_persistence::redis_coupons::RedisCoupons;
 use surge_persistence::{Database, DatabaseOptions, PersistenceError, now_millis, sqlite_file};
 use surge_supervisors::{CircuitConfig, CircuitRegistry};
 use tokio::net::TcpListener;
@@ -44,6 +47,9 @@ pub enum StartupError {
     /// An actor system could not start.
     #[error("actors: {0}")]
     Actors(String),
+    /// Redis (the coupon store) did not answer.
+    #[error("redis: {0}")]
+    Redis(String),
 }
 
 /// Stops a running node as SIGTERM would. Cloneable; used by tests and embedders.
@@ -65,6 +71,8 @@ pub struct Application {
     state: AppState,
     stop: watch::Sender<bool>,
     committer_task: tokio::task::JoinHandle<()>,
+    /// Redis mode: the stream-to-database writer of coupon issues.
+    issue_writer: Option<IssueWriter>,
 }
 
 impl Application {
@@ -105,10 +113,51 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
+        let (coupon_store, issue_writer) = match &config.redis {
+            None => (CouponStore::Embedded, None),
+            Some(settings) => {
+                let redis = RedisCoupons::connect(
+                    settings.url.expose_secret(),
+                    &settings.key_prefix,
+                    settings.timeout,
+                )
+                .await
+                .map_err(|e| StartupError::Redis(e.to_string()))?;
+                let breaker = circuits.get_or_create("redis", CircuitConfig::default());
+                let writer = IssueWriter::start(
+                    redis.clone(),
+                    committer.clone(),
+                    breaker.clone(),
+                    IssueWriterConfig {
+                        consumer: config.node_id.clone(),
+                        claim_idle: settings.claim_idle,
+                    },
+                );
+                (
+                    CouponStore::Redis {
+                        redis: Box::new(redis),
+                        breaker,
+                    },
+                    Some(writer),
+                )
+            }
+        };
+        let coupons = CouponActors::start(
+            db.clone(),
+            committer.clone(),
+            coupon_store,
+            CouponConfig {
+                answer_timeout: config.coupon_answer_timeout,
+                ..CouponConfig::default()
+            },
+        )
+        .await
+        .map_err(|e| StartupError::Actors(e.to_string()))?;
         let sagas = OrderSagas::start(
             db.clone(),
             committer.clone(),
             stock.clone(),
+            coupons.clone(),
             db_breaker.clone(),
             // Half the reservation lifetime leaves the other half for the confirmation.
             config.order_answer_timeout.max(config.reservation_ttl / 2),
@@ -136,6 +185,7 @@ impl Application {
                 admission: Arc::new(tokio::sync::Semaphore::new(config.max_inflight_orders)),
                 answer_deadline: config.order_answer_timeout,
             },
+            coupons,
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;
@@ -152,6 +202,7 @@ impl Application {
             state,
             stop,
             committer_task,
+            issue_writer,
         })
     }
 
@@ -181,6 +232,7 @@ impl Application {
             state,
             stop,
             committer_task,
+            issue_writer,
         } = self;
         let stopping = {
             let mut rx = stop.subscribe();
@@ -226,8 +278,18 @@ impl Application {
         // allotments back, then let the writer finish its queue.
         state.orders.stock.drain().await;
         state.orders.sagas.stop();
-        let AppState { db, orders, .. } = state;
+        state.coupons.stop();
+        if let Some(writer) = issue_writer {
+            writer.stop().await;
+        }
+        let AppState {
+            db,
+            orders,
+            coupons,
+            ..
+        } = state;
         drop(orders);
+        drop(coupons);
         if tokio::time::timeout(Duration::from_secs(10), committer_task)
             .await
             .is_err()

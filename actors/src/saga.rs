@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
+use surge_domain::DiscountRate;
 use surge_persistence::committer::GroupCommitter;
+use surge_persistence::coupons::CouponRefusal;
 use surge_persistence::orders::{
     BeginOutcome, NewOrder, NewOrderLine, OrderResolution, ResolveOutcome, line_status,
 };
@@ -16,6 +18,7 @@ use surge_persistence::{Database, PersistenceError};
 use surge_supervisors::{CircuitBreaker, RetryPolicy, retry};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::coupon::{CouponActors, CouponError};
 use crate::stock::{ReserveError, StockActors};
 use crate::supervision::{Failures, actor_name, start_supervisor};
 
@@ -47,6 +50,21 @@ pub enum SagaOutcome {
     KeyReused,
     /// FAILED (compensated) because a dependency failed.
     Failed(i64, String),
+    /// The coupon could not be used; nothing was written.
+    CouponRefused(CouponProblem),
+}
+
+/// Why an order's coupon could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CouponProblem {
+    /// No such coupon.
+    NotFound,
+    /// The member was never issued it.
+    NotIssued,
+    /// The member's coupon is used by another order.
+    AlreadyUsed,
+    /// It is bound to an item the order does not contain.
+    NotApplicable,
 }
 
 /// Why a saga could not start.
@@ -88,6 +106,7 @@ struct Inner {
     db: Database,
     committer: GroupCommitter,
     stock: StockActors,
+    coupons: CouponActors,
     breaker: Arc<CircuitBreaker>,
     retry: RetryPolicy,
     /// How long a saga may spend reserving (waiting and retrying). It may outlive the client's
@@ -131,6 +150,7 @@ impl OrderSagas {
         db: Database,
         committer: GroupCommitter,
         stock: StockActors,
+        coupons: CouponActors,
         breaker: Arc<CircuitBreaker>,
         reserve_deadline: Duration,
     ) -> Result<Self, ractor::SpawnErr> {
@@ -139,6 +159,7 @@ impl OrderSagas {
             db,
             committer,
             stock,
+            coupons,
             breaker,
             // A contended SQLite write can fail fast with SQLITE_BUSY; retries are cheap and
             // bounded by the answer deadline, so allow several.
@@ -348,13 +369,23 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
         .iter()
         .map(|l| l.unit_price.saturating_mul(l.quantity))
         .fold(0_i64, i64::saturating_add);
+    let discount = match request.coupon_id {
+        None => 0,
+        Some(coupon_id) => {
+            match coupon_discount(inner, coupon_id, request.user_id, &lines, total).await {
+                Ok(d) => d,
+                Err(Ok(problem)) => return SagaOutcome::CouponRefused(problem),
+                Err(Err(reason)) => return SagaOutcome::Failed(order_id, reason),
+            }
+        }
+    };
     let order = NewOrder {
         id: order_id,
         user_id: request.user_id,
         lines,
         coupon_id: request.coupon_id,
-        total_price: total,
-        discount: 0,
+        total_price: total - discount,
+        discount,
         idempotency: request.idempotency.clone(),
     };
     // 2. Record the order (and claim the idempotency key) before touching stock.
@@ -375,6 +406,12 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
             } else {
                 SagaOutcome::KeyReused
             };
+        }
+        Ok(BeginOutcome::CouponRefused(refusal)) => {
+            return SagaOutcome::CouponRefused(match refusal {
+                CouponRefusal::NotIssued => CouponProblem::NotIssued,
+                CouponRefusal::AlreadyUsed => CouponProblem::AlreadyUsed,
+            });
         }
         Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
     }
@@ -463,8 +500,9 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
         };
         return finish_failed(inner, order_id, &request.lines, statuses, &reason, outcome).await;
     }
-    // 4. Coupon step: coupons arrive with their own issue; an order naming one is refused by
-    //    the HTTP layer until then, so there is nothing to redeem here.
+    // 4. Coupon step: the coupon was taken (marked USED) atomically with the PROCESSING write
+    //    in step 2, so two orders racing for it cannot both get it; every failure path below
+    //    gives it back in the same transaction that fails or cancels the order.
     // 5. Confirm: SUCCEEDED, reservations CONFIRMED and the outbox event in one transaction.
     set_step(inner, order_id, Some("confirming"));
     let resolved = inner
@@ -498,6 +536,37 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
             SagaOutcome::Failed(order_id, e.to_string())
         }
     }
+}
+
+/// The discount an order gets from its coupon, or why the coupon cannot be used (`Err(Ok)`),
+/// or a dependency failure (`Err(Err)`). Whether the member holds it unused is decided
+/// atomically by the order's first write, not here.
+async fn coupon_discount(
+    inner: &Inner,
+    coupon_id: i64,
+    user_id: i64,
+    lines: &[NewOrderLine],
+    total: i64,
+) -> Result<i64, Result<CouponProblem, String>> {
+    let coupon = match inner.coupons.definition(coupon_id).await {
+        Ok(c) => c,
+        Err(CouponError::NotFound) => return Err(Ok(CouponProblem::NotFound)),
+        Err(e) => return Err(Err(e.to_string())),
+    };
+    let base = match coupon.item_id {
+        None => total,
+        Some(item) => match lines.iter().find(|l| l.item_id == item) {
+            Some(line) => line.unit_price.saturating_mul(line.quantity),
+            None => return Err(Ok(CouponProblem::NotApplicable)),
+        },
+    };
+    inner
+        .coupons
+        .ensure_recorded(coupon_id, user_id)
+        .await
+        .map_err(|e| Err(e.to_string()))?;
+    let rate = DiscountRate::from_tenths(u16::try_from(coupon.discount_tenths).unwrap_or(0));
+    Ok(rate.discount_on(base))
 }
 
 async fn finish_failed(

@@ -6,6 +6,7 @@
 //! its JSON (camelCase) name.
 #![warn(missing_docs)]
 
+mod coupon;
 mod error;
 mod ids;
 mod item;
@@ -14,6 +15,7 @@ mod order;
 mod paging;
 mod text;
 
+pub use coupon::*;
 pub use error::*;
 pub use ids::*;
 pub use item::*;

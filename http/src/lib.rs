@@ -37,6 +37,8 @@ pub use state::{AppState, OrderServices};
         routes::items::create, routes::items::get, routes::items::search, routes::items::restock,
         routes::orders::create, routes::orders::get, routes::orders::list,
         routes::orders::cancel, routes::orders::events,
+        routes::coupons::create, routes::coupons::get, routes::coupons::issue,
+        routes::coupons::queue_me, routes::coupons::mine,
         routes::admin::actors, routes::admin::circuits,
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
@@ -65,7 +67,7 @@ impl Modify for BearerAuth {
 
 /// The public API router.
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, auth, items, ops, orders, users};
+    use routes::{admin, auth, coupons, items, ops, orders, users};
     let api = Router::new()
         .route("/api/v1/users", post(users::sign_up))
         .route("/api/v1/users/me", get(users::me))
@@ -80,6 +82,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{orderId}", get(orders::get))
         .route("/api/v1/orders/{orderId}/cancel", post(orders::cancel))
         .route("/api/v1/orders/{orderId}/events", get(orders::events))
+        .route("/api/v1/coupons", post(coupons::create))
+        .route("/api/v1/coupons/{couponId}", get(coupons::get))
+        .route("/api/v1/coupons/{couponId}/issue", post(coupons::issue))
+        .route(
+            "/api/v1/coupons/{couponId}/queue/me",
+            get(coupons::queue_me),
+        )
+        .route("/api/v1/users/me/coupons", get(coupons::mine))
         .route("/api/v1/admin/actors", get(admin::actors))
         .route("/api/v1/admin/circuits", get(admin::circuits))
         .route("/health/live", get(ops::live))

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use surge_actors::{OrderSagas, StockActors};
+use surge_actors::{CouponActors, OrderSagas, StockActors};
 use surge_persistence::Database;
 use surge_persistence::committer::{CommitStats, GroupCommitter};
 use surge_supervisors::{CircuitBreaker, CircuitRegistry};
@@ -21,6 +21,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Orders: sagas, stock actors and the writer behind them.
     pub orders: OrderServices,
+    /// Coupon actors (and, in Redis mode, the store behind them).
+    pub coupons: CouponActors,
 }
 
 /// The order machinery as the HTTP layer sees it.

@@ -24,9 +24,30 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
+/// Parses an RFC 3339 time (any offset) into Unix ms; `None` when it is not one.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::rfc3339;
+    use super::{parse_rfc3339, rfc3339};
+
+    #[test]
+    fn parses_what_it_formats_and_other_offsets() {
+        assert_eq!(
+            parse_rfc3339("2026-11-24T00:04:38.000Z"),
+            Some(1_795_478_678_000)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-11-24T09:04:38+09:00"),
+            Some(1_795_478_678_000)
+        );
+        assert_eq!(parse_rfc3339("tomorrow"), None);
+        assert_eq!(parse_rfc3339("2026-11-24"), None);
+    }
 
     #[test]
     fn known_instants() {

@@ -8,6 +8,7 @@ use sqlx::Connection;
 use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::coupons::{self, NewIssue};
 use crate::orders::{
     self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ReserveBatch, ReserveOutcome,
     ResolveOutcome,
@@ -39,6 +40,11 @@ pub enum Write {
     ),
     /// The sweeper: release expired reservations.
     ReleaseExpired(oneshot::Sender<Result<u64, PersistenceError>>),
+    /// Coupon issues (embedded coupon actors, the Redis stream consumer); replies new rows.
+    IssueCoupons(
+        Vec<NewIssue>,
+        oneshot::Sender<Result<u64, PersistenceError>>,
+    ),
 }
 
 /// Tuning of the committer.
@@ -142,6 +148,11 @@ impl GroupCommitter {
     pub async fn release_expired(&self) -> Result<u64, PersistenceError> {
         self.write(Write::ReleaseExpired).await
     }
+
+    /// Writes coupon issues (idempotently) and waits for the commit; returns the new rows.
+    pub async fn issue_coupons(&self, issues: Vec<NewIssue>) -> Result<u64, PersistenceError> {
+        self.write(|reply| Write::IssueCoupons(issues, reply)).await
+    }
 }
 
 /// Most expired reservations one sweep releases (keeps a sweep's transaction short).
@@ -154,6 +165,7 @@ enum Outcome {
     Resolve(ResolveOutcome),
     Cancel(CancelOutcome),
     Released(u64),
+    Issued(u64),
 }
 
 fn reply(write: Write, outcome: Outcome) {
@@ -163,6 +175,7 @@ fn reply(write: Write, outcome: Outcome) {
         (Write::Resolve(_, r), Outcome::Resolve(v)) => drop(r.send(Ok(v))),
         (Write::Cancel(_, r), Outcome::Cancel(v)) => drop(r.send(Ok(v))),
         (Write::ReleaseExpired(r), Outcome::Released(v)) => drop(r.send(Ok(v))),
+        (Write::IssueCoupons(_, r), Outcome::Issued(v)) => drop(r.send(Ok(v))),
         (write, _) => fail(write, &PersistenceError::Batch("mismatched outcome".into())),
     }
 }
@@ -175,6 +188,7 @@ fn fail(write: Write, err: &PersistenceError) {
         Write::Resolve(_, r) => drop(r.send(Err(err()))),
         Write::Cancel(_, r) => drop(r.send(Err(err()))),
         Write::ReleaseExpired(r) => drop(r.send(Err(err()))),
+        Write::IssueCoupons(_, r) => drop(r.send(Err(err()))),
     }
 }
 
@@ -190,6 +204,9 @@ async fn apply(
         Write::Cancel(id, _) => Outcome::Cancel(orders::cancel_order(conn, *id, now).await?),
         Write::ReleaseExpired(_) => {
             Outcome::Released(orders::release_expired(conn, now, SWEEP_LIMIT).await?)
+        }
+        Write::IssueCoupons(issues, _) => {
+            Outcome::Issued(coupons::insert_issues(conn, issues).await?)
         }
     })
 }

@@ -6,10 +6,12 @@
 //! (identity columns) is where the dialects really differ.
 
 pub mod committer;
+pub mod coupons;
 mod db;
 mod error;
 pub mod items;
 pub mod orders;
+pub mod redis_coupons;
 pub mod sessions;
 pub mod stock;
 pub mod users;

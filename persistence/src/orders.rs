@@ -3,6 +3,7 @@
 
 use sqlx::{AnyConnection, FromRow};
 
+use crate::coupons::{self, CouponRefusal};
 use crate::{Database, PersistenceError};
 
 /// Order status as stored.
@@ -73,6 +74,8 @@ pub enum BeginOutcome {
         /// Hash of the request that first used the key.
         request_hash: String,
     },
+    /// The order's coupon could not be taken: nothing was written.
+    CouponRefused(CouponRefusal),
 }
 
 /// A stock actor's reservations of one item, written together.
@@ -242,6 +245,13 @@ pub(crate) async fn begin_order(
             });
         }
     }
+    if let Some(coupon_id) = order.coupon_id
+        && let Err(refusal) =
+            coupons::take_for_order(conn, coupon_id, order.user_id, order.id).await?
+    {
+        unclaim_key(conn, order).await?;
+        return Ok(BeginOutcome::CouponRefused(refusal));
+    }
     sqlx::query(
         "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, created_at, updated_at) \
          VALUES ($1, $2, 'PROCESSING', $3, $4, $5, $6, $6)",
@@ -268,6 +278,18 @@ pub(crate) async fn begin_order(
         .await?;
     }
     Ok(BeginOutcome::Created)
+}
+
+/// Undoes the idempotency claim `begin_order` made in this transaction.
+async fn unclaim_key(conn: &mut AnyConnection, order: &NewOrder) -> Result<(), sqlx::Error> {
+    if let Some((key, _)) = &order.idempotency {
+        sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
+            .bind(order.user_id)
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn reserve(
@@ -413,6 +435,7 @@ async fn fail_order(
         return Ok(ResolveOutcome::AlreadyFinal);
     }
     release_all(conn, order_id, "HELD", now).await?;
+    coupons::give_back(conn, order_id).await?;
     if line_statuses.is_empty() {
         sqlx::query(
             "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
@@ -505,6 +528,7 @@ pub(crate) async fn cancel_order(
         return Ok(CancelOutcome::NotCancellable);
     }
     release_all(conn, order_id, "CONFIRMED", now).await?;
+    coupons::give_back(conn, order_id).await?;
     sqlx::query("UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1")
         .bind(order_id)
         .execute(&mut *conn)

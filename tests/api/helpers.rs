@@ -111,6 +111,7 @@ impl TestDatabase {
             ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
             // Debug builds on two shared cores are slow; a test that wants 202 sets its own.
             ("SURGE_ORDER_ANSWER_TIMEOUT_MS", "30000".to_owned()),
+            ("SURGE_COUPON_ANSWER_TIMEOUT_MS", "30000".to_owned()),
         ]);
         if self.backend == Backend::Postgres {
             vars.push(("SURGE_JWT_SECRET", PG_JWT_SECRET.to_owned()));
@@ -181,6 +182,40 @@ impl PgOutage {
             .unwrap();
         let _ = self.admin.close().await;
     }
+}
+
+/// Bursts of thousands of concurrent connections, one test at a time: each costs two file
+/// descriptors per connection (client and server side, same process), and two bursts at once
+/// would pass the process's descriptor limit.
+pub static BURST: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// The Redis the tests use: its own database number (9), so nothing else on the server is
+/// touched; every test node also gets a key prefix of its own.
+pub fn redis_url() -> String {
+    std::env::var("SURGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".into())
+}
+
+/// Node settings for Redis mode with a fresh key prefix.
+pub fn redis_settings() -> Vec<(&'static str, String)> {
+    let prefix = format!(
+        "surge-test-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    vec![
+        ("SURGE_REDIS_URL", redis_url()),
+        ("SURGE_REDIS_KEY_PREFIX", prefix),
+        // Debug builds under a 5,000-request burst on two cores answer slowly.
+        ("SURGE_REDIS_TIMEOUT_MS", "10000".to_owned()),
+    ]
+}
+
+/// A connection to the test Redis.
+pub async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 /// A running node and a client for it.
@@ -304,6 +339,71 @@ impl TestApp {
         let (status, body) = self.login(login_id, password).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         tokens_of(login_id, password, user_id, &body)
+    }
+
+    /// `n` members for load-shaped tests. Their rows are written straight to the database and
+    /// their access tokens signed with the node's own key, so a test with a thousand buyers
+    /// does not spend a minute in argon2; sign-up and login themselves are tested in `auth`.
+    pub async fn members(&self, n: usize) -> Vec<TestUser> {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db.url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let mut users = Vec::with_capacity(n);
+        for i in 0..n {
+            let login_id = format!("m{tag}{i}");
+            let (user_id,): (i64,) = sqlx::query_as(
+                "INSERT INTO users (login_id, password_hash, name, role, created_at) \
+                 VALUES ($1, 'not-a-hash', 'Bulk Buyer', 'USER', 0) RETURNING id",
+            )
+            .bind(&login_id)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            users.push((user_id, login_id));
+        }
+        tx.commit().await.unwrap();
+        let _ = conn.close().await;
+        let key = jsonwebtoken::EncodingKey::from_secret(self.db.jwt_secret().as_bytes());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        users
+            .into_iter()
+            .map(|(user_id, login_id)| {
+                let claims = json!({
+                    "sub": user_id.to_string(), "sid": format!("bulk-{login_id}"),
+                    "role": "USER", "iat": now, "exp": now + 3_600, "jti": login_id,
+                });
+                let access = jsonwebtoken::encode(
+                    &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                    &claims,
+                    &key,
+                )
+                .unwrap();
+                TestUser {
+                    user_id,
+                    login_id,
+                    password: String::new(),
+                    access,
+                    refresh: String::new(),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one SQL query returning a count against the node's database, with one bound id.
+    pub async fn count(&self, sql: &str, id: i64) -> i64 {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db.url).await.unwrap();
+        let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        let _ = conn.close().await;
+        n
     }
 
     /// Creates an item as the admin and returns its JSON.

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod coupons;
 mod errors;
 mod items;
 mod members;

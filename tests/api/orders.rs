@@ -1,10 +1,6 @@
 //! Orders through real HTTP: the flash sale, all or nothing, idempotency, cancellation, SSE.
-
-use std::sync::Arc;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 use crate::helpers::{TestApp, TestUser, assert_error, send};
 use crate::on_both_backends;
@@ -24,60 +20,13 @@ async fn stock_of(app: &TestApp, item: i64) -> i64 {
         .unwrap()
 }
 
-/// Runs one SQL query returning a count against the node's database.
-async fn count(app: &TestApp, sql: &str, item: i64) -> i64 {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&app.db.url).await.unwrap();
-    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
-        .bind(item)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let _ = conn.close().await;
-    n
-}
-
 async fn users(app: &TestApp, n: usize) -> Vec<TestUser> {
-    let app = Arc::new(app);
     let mut out = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
-        let batch = futures_join(chunk.iter().map(|_| app.new_user())).await;
-        out.extend(batch);
+    for _ in (0..n).step_by(16) {
+        let left = (n - out.len()).min(16);
+        out.extend(futures_util::future::join_all((0..left).map(|_| app.new_user())).await);
     }
     out
-}
-
-async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut outputs = Vec::new();
-    for f in futures.collect::<Vec<_>>() {
-        outputs.push(f);
-    }
-    let mut results = Vec::with_capacity(outputs.len());
-    // Poll them together.
-    let joined = async {
-        let mut pinned: Vec<std::pin::Pin<Box<F>>> = outputs.into_iter().map(Box::pin).collect();
-        let mut done: Vec<Option<F::Output>> = (0..pinned.len()).map(|_| None).collect();
-        std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (i, f) in pinned.iter_mut().enumerate() {
-                if done[i].is_none() {
-                    match f.as_mut().poll(cx) {
-                        std::task::Poll::Ready(v) => done[i] = Some(v),
-                        std::task::Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
-        done.into_iter().map(|d| d.unwrap()).collect::<Vec<_>>()
-    };
-    results.extend(joined.await);
-    results
 }
 
 on_both_backends! {
@@ -88,6 +37,7 @@ on_both_backends! {
         let admin = app.admin().await;
         let item = app.create_item(&admin, "Flash item", 1_000, UNITS).await["itemId"].as_i64().unwrap();
         let buyers = users(&app, USERS).await;
+        let burst = crate::helpers::BURST.acquire().await.unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for attempt in 0..ATTEMPTS {
             let client = app.client.clone();
@@ -123,16 +73,15 @@ on_both_backends! {
                 _ => other.push((status, body)),
             }
         }
+        drop(burst);
         assert!(other.is_empty(), "{} unexpected answers: {:?}", other.len(), other.iter().take(3).map(|(s, b)| (s.as_u16(), b["code"].clone(), b["message"].clone())).collect::<Vec<_>>());
         assert_eq!(created, UNITS);
         assert_eq!(out_of_stock, ATTEMPTS as i64 - UNITS);
         assert_eq!(stock_of(&app, item).await, 0);
-        let succeeded = count(&app,
-            "SELECT COUNT(*) FROM orders o JOIN order_lines l ON l.order_id = o.id \
+        let succeeded = app.count("SELECT COUNT(*) FROM orders o JOIN order_lines l ON l.order_id = o.id \
              WHERE o.status = 'SUCCEEDED' AND l.item_id = $1", item).await;
         assert_eq!(succeeded, UNITS);
-        let sold = count(&app,
-            "SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
+        let sold = app.count("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
              WHERE status = 'CONFIRMED' AND item_id = $1", item).await;
         assert_eq!(sold, UNITS);
     }

@@ -8,8 +8,8 @@ use crate::error::ErrorBody;
 use crate::extract::Admin;
 use crate::state::AppState;
 
-/// Every live actor: stock actors (with allotment, pending reservations and last flush) and
-/// running order sagas; plus the group-commit writer's counters.
+/// Every live actor: stock actors (with allotment, pending reservations and last flush),
+/// running order sagas and coupon actors (remaining, waiting room); plus the group-commit writer's counters.
 #[utoipa::path(get, path = "/api/v1/admin/actors", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "{actors: [...], writer: {...}}"), (status = 403, body = ErrorBody)))]
 pub async fn actors(State(state): State<AppState>, Admin(_): Admin) -> Json<Value> {
@@ -23,6 +23,7 @@ pub async fn actors(State(state): State<AppState>, Admin(_): Admin) -> Json<Valu
         .unwrap_or_default();
     let mut actors: Vec<Value> = stock.into_iter().map(|v| json!(v)).collect();
     actors.extend(sagas.into_iter().map(|v| json!(v)));
+    actors.extend(state.coupons.views().into_iter().map(|v| json!(v)));
     Json(json!({
         "actors": actors,
         "writer": {

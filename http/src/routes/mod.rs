@@ -1,5 +1,6 @@
 pub mod admin;
 pub mod auth;
+pub mod coupons;
 pub mod items;
 pub mod ops;
 pub mod orders;

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use surge_actors::{OrderRequest, SagaError, SagaOutcome};
+use surge_actors::{CouponProblem, OrderRequest, SagaError, SagaOutcome};
 use surge_domain::{IdempotencyKey, ItemId, MAX_ORDER_LINES, PageLimit, Quantity, ValidationError};
 use surge_persistence::orders::{CancelOutcome, OrderRecord, status};
 use utoipa::{IntoParams, ToSchema};
@@ -137,7 +137,6 @@ fn validate(req: &CreateOrderRequest) -> Result<Vec<(i64, i64)>, ApiError> {
     }
     if let Some(coupon) = req.coupon_id {
         surge_domain::CouponId::parse(coupon, "couponId")?;
-        return Err(ApiError::NotFound("coupon"));
     }
     Ok(lines)
 }
@@ -155,7 +154,7 @@ fn request_hash(lines: &[(i64, i64)], coupon: Option<i64>) -> String {
         .collect()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     headers
         .get(IDEMPOTENCY_HEADER)
         .map(|v| {
@@ -291,7 +290,7 @@ async fn answer_when_final(
     responses((status = 201, body = OrderResponse), (status = 202, description = "still PROCESSING", body = OrderResponse),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "unknown item (details.lines)", body = ErrorBody),
-              (status = 409, description = "OUT_OF_STOCK (details.orderId, details.lines)", body = ErrorBody),
+              (status = 409, description = "OUT_OF_STOCK (details.orderId, details.lines); COUPON_NOT_ISSUED, COUPON_ALREADY_USED, COUPON_NOT_APPLICABLE (nothing written)", body = ErrorBody),
               (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
               (status = 503, description = "OVERLOADED, with Retry-After", body = ErrorBody)))]
 pub async fn create(
@@ -361,6 +360,7 @@ pub async fn create(
             message: "this Idempotency-Key was used with a different request".into(),
             details: None,
         }),
+        SagaOutcome::CouponRefused(problem) => Err(coupon_refusal(problem)),
         SagaOutcome::Failed(id, cause) => {
             tracing::warn!(order_id = id, %cause, "order failed on a dependency");
             Err(ApiError::Overloaded {
@@ -368,6 +368,28 @@ pub async fn create(
                 retry_after_secs: 1,
             })
         }
+    }
+}
+
+/// Why the order's coupon was refused; nothing was written.
+fn coupon_refusal(problem: CouponProblem) -> ApiError {
+    let (code, message) = match problem {
+        CouponProblem::NotFound => return ApiError::NotFound("coupon"),
+        CouponProblem::NotIssued => ("COUPON_NOT_ISSUED", "you were not issued this coupon"),
+        CouponProblem::AlreadyUsed => (
+            "COUPON_ALREADY_USED",
+            "this coupon is already used by another order",
+        ),
+        CouponProblem::NotApplicable => (
+            "COUPON_NOT_APPLICABLE",
+            "this coupon is for an item the order does not contain",
+        ),
+    };
+    ApiError::Refused {
+        status: StatusCode::CONFLICT,
+        code,
+        message: message.into(),
+        details: None,
     }
 }
 

@@ -1,0 +1,391 @@
+//! Coupons: create (ADMIN), read, issue first come first served, waiting-room standing, and
+//! the coupons a member holds.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use surge_actors::{CouponError, IssueOutcome, QueueStatus};
+use surge_domain::{
+    AdmitRate, CouponDescription, CouponId, CouponName, CouponQuantity, DiscountRate, ItemId,
+    ValidationError,
+};
+use surge_persistence::coupons::{CouponRecord, HeldCoupon, NewCoupon};
+use surge_persistence::{PersistenceError, now_millis};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Admin, ApiJson, ApiPath, Authenticated};
+use crate::routes::orders::idempotency_key;
+use crate::state::AppState;
+use crate::time_fmt::{parse_rfc3339, rfc3339};
+
+/// A waiting room in front of a coupon.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitingRoomSettings {
+    /// Members admitted (and issued, while any are left) per second, 1–100,000.
+    #[schema(example = 200)]
+    admit_per_second: i64,
+}
+
+/// A new coupon.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateCouponRequest {
+    /// Unique, 1–100 characters.
+    #[schema(example = "Black Friday 15%")]
+    name: String,
+    /// Up to 1,000 characters.
+    description: Option<String>,
+    /// The item it discounts (that item's whole line); absent: the whole order.
+    item_id: Option<i64>,
+    /// 0–100, at most one decimal.
+    #[schema(example = 15.5)]
+    discount_rate: f64,
+    /// How many may be issued, ≥ 0.
+    #[schema(example = 100)]
+    quantity: i64,
+    /// RFC 3339; issuing starts then (default: now).
+    opens_at: Option<String>,
+    /// Queue members and admit them at a fixed rate (for demand far above supply).
+    waiting_room: Option<WaitingRoomSettings>,
+}
+
+/// A coupon as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CouponResponse {
+    coupon_id: i64,
+    name: String,
+    description: String,
+    item_id: Option<i64>,
+    discount_rate: f64,
+    quantity: i64,
+    /// Still to be issued.
+    remaining: i64,
+    opens_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_room: Option<WaitingRoomSettings>,
+}
+
+impl CouponResponse {
+    fn new(c: CouponRecord, remaining: i64) -> Self {
+        Self {
+            coupon_id: c.id,
+            name: c.name,
+            description: c.description,
+            item_id: c.item_id,
+            discount_rate: rate_of(c.discount_tenths).as_percent(),
+            quantity: c.quantity,
+            remaining,
+            opens_at: rfc3339(c.opens_at),
+            waiting_room: c
+                .admit_per_second
+                .map(|admit_per_second| WaitingRoomSettings { admit_per_second }),
+        }
+    }
+}
+
+/// A coupon handed to a member.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssueResponse {
+    coupon_id: i64,
+    user_id: i64,
+    /// Always ISSUED.
+    status: &'static str,
+    issued_at: String,
+}
+
+/// A member's place in a waiting room.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueResponse {
+    /// QUEUED, ISSUED, SOLD_OUT or NOT_QUEUED.
+    status: &'static str,
+    /// 1 = next; only while QUEUED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+}
+
+/// A coupon the caller holds.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldCouponResponse {
+    coupon_id: i64,
+    name: String,
+    discount_rate: f64,
+    item_id: Option<i64>,
+    /// UNUSED or USED.
+    status: String,
+    issued_at: String,
+}
+
+impl From<HeldCoupon> for HeldCouponResponse {
+    fn from(h: HeldCoupon) -> Self {
+        Self {
+            coupon_id: h.coupon_id,
+            name: h.name,
+            discount_rate: rate_of(h.discount_tenths).as_percent(),
+            item_id: h.item_id,
+            status: h.status,
+            issued_at: rfc3339(h.issued_at),
+        }
+    }
+}
+
+/// The coupons a member holds (all of them: a member holds few).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldCouponList {
+    items: Vec<HeldCouponResponse>,
+    /// Always null: the list is never paged.
+    next_cursor: Option<String>,
+}
+
+fn rate_of(tenths: i64) -> DiscountRate {
+    DiscountRate::from_tenths(u16::try_from(tenths.clamp(0, 1000)).unwrap_or(0))
+}
+
+fn coupon_error(e: CouponError) -> ApiError {
+    match e {
+        CouponError::NotFound => ApiError::NotFound("coupon"),
+        CouponError::Overloaded { retry_after_secs } => ApiError::Overloaded {
+            message: "coupons are busy; try again shortly".into(),
+            retry_after_secs,
+        },
+        CouponError::Unavailable(cause) => {
+            tracing::warn!(%cause, "coupon store unavailable");
+            ApiError::Overloaded {
+                message: "coupons are unavailable right now; nothing was issued".into(),
+                retry_after_secs: 1,
+            }
+        }
+        CouponError::Undetermined(cause) => {
+            tracing::warn!(%cause, "coupon issue outcome unknown");
+            ApiError::Overloaded {
+                message: "the issue did not finish in time and may still happen; retry with the \
+                          same Idempotency-Key to learn its outcome"
+                    .into(),
+                retry_after_secs: 1,
+            }
+        }
+    }
+}
+
+fn coupon_id(raw: i64) -> Result<i64, ApiError> {
+    CouponId::parse(raw, "couponId")
+        .map(CouponId::get)
+        .map_err(|_| ApiError::NotFound("coupon"))
+}
+
+/// Creates a coupon; it can be issued from `opensAt` on with nothing else to do.
+#[utoipa::path(post, path = "/api/v1/coupons", tag = "coupons", security(("bearer" = [])),
+    request_body = CreateCouponRequest,
+    responses((status = 201, body = CouponResponse),
+        (status = 400, body = ErrorBody, description = "VALIDATION_FAILED"),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "itemId names no item"),
+        (status = 409, body = ErrorBody, description = "DUPLICATE_COUPON_NAME")))]
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    ApiJson(req): ApiJson<CreateCouponRequest>,
+) -> Result<(StatusCode, Json<CouponResponse>), ApiError> {
+    let name = CouponName::parse(&req.name)?;
+    let description = CouponDescription::parse(req.description.as_deref().unwrap_or(""))?;
+    let rate = DiscountRate::parse(req.discount_rate)?;
+    let quantity = CouponQuantity::parse(req.quantity)?;
+    let item_id = req
+        .item_id
+        .map(|i| ItemId::parse(i, "itemId").map(ItemId::get))
+        .transpose()?;
+    let opens_at = match &req.opens_at {
+        None => now_millis(),
+        Some(text) => parse_rfc3339(text).ok_or_else(|| {
+            ValidationError::new(
+                "opensAt",
+                "must be an RFC 3339 time like 2026-12-01T09:00:00Z",
+            )
+        })?,
+    };
+    let admit_per_second = req
+        .waiting_room
+        .as_ref()
+        .map(|w| AdmitRate::parse(w.admit_per_second).map(AdmitRate::get))
+        .transpose()?;
+    let record = state
+        .db
+        .insert_coupon(&NewCoupon {
+            name: name.as_str().to_owned(),
+            description: description.as_str().to_owned(),
+            item_id,
+            discount_tenths: i64::from(rate.tenths()),
+            quantity: quantity.get(),
+            opens_at,
+            admit_per_second,
+        })
+        .await
+        .map_err(|e| match e {
+            PersistenceError::Conflict => ApiError::Refused {
+                status: StatusCode::CONFLICT,
+                code: "DUPLICATE_COUPON_NAME",
+                message: "a coupon with this name exists".into(),
+                details: None,
+            },
+            PersistenceError::NotFound => ApiError::NotFound("item"),
+            other => other.into(),
+        })?;
+    // Put it in service now (in Redis mode: seed its counters). If that fails the coupon is
+    // still created; the first issue request seeds it.
+    if let Err(e) = state.coupons.open(record.id).await {
+        tracing::warn!(coupon = record.id, error = %e, "coupon created but not yet in service");
+    }
+    let remaining = record.quantity;
+    Ok((
+        StatusCode::CREATED,
+        Json(CouponResponse::new(record, remaining)),
+    ))
+}
+
+/// One coupon with the number still to be issued.
+#[utoipa::path(get, path = "/api/v1/coupons/{couponId}", tag = "coupons",
+    params(("couponId" = i64, Path)),
+    responses((status = 200, body = CouponResponse), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<i64>,
+) -> Result<Json<CouponResponse>, ApiError> {
+    let id = coupon_id(raw)?;
+    let coupon = state.coupons.definition(id).await.map_err(coupon_error)?;
+    let remaining = state.coupons.remaining(id).await.map_err(coupon_error)?;
+    Ok(Json(CouponResponse::new(coupon, remaining)))
+}
+
+/// Issues the coupon to the caller, first come first served; with a waiting room, queues the
+/// caller instead.
+#[utoipa::path(post, path = "/api/v1/coupons/{couponId}/issue", tag = "coupons", security(("bearer" = [])),
+    params(("couponId" = i64, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "retry key: a retry replays the 201")),
+    responses((status = 201, body = IssueResponse),
+        (status = 202, body = QueueResponse, description = "QUEUED in the waiting room"),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "SOLD_OUT, ALREADY_ISSUED or COUPON_NOT_OPEN"),
+        (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
+        (status = 503, body = ErrorBody, description = "OVERLOADED")))]
+pub async fn issue(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(raw): ApiPath<i64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = coupon_id(raw)?;
+    let key = idempotency_key(&headers)?;
+    let user_id = caller.user_id.get();
+    if let Some(key) = &key
+        && let Some(first) = state.db.issue_by_key(user_id, key.as_str()).await?
+        && first.coupon_id != id
+    {
+        return Err(ApiError::Refused {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: "this Idempotency-Key was used for another coupon".into(),
+            details: None,
+        });
+    }
+    let outcome = state
+        .coupons
+        .issue(id, user_id, key.map(|k| k.as_str().to_owned()))
+        .await
+        .map_err(coupon_error)?;
+    let refused = |code: &'static str, message: &str, details| ApiError::Refused {
+        status: StatusCode::CONFLICT,
+        code,
+        message: message.into(),
+        details,
+    };
+    match outcome {
+        IssueOutcome::Issued { issued_at } | IssueOutcome::Replayed { issued_at } => Ok((
+            StatusCode::CREATED,
+            Json(IssueResponse {
+                coupon_id: id,
+                user_id,
+                status: "ISSUED",
+                issued_at: rfc3339(issued_at),
+            }),
+        )
+            .into_response()),
+        IssueOutcome::Queued { position } => Ok((
+            StatusCode::ACCEPTED,
+            Json(QueueResponse {
+                status: "QUEUED",
+                position: Some(position),
+            }),
+        )
+            .into_response()),
+        IssueOutcome::SoldOut => Err(refused("SOLD_OUT", "no coupons are left", None)),
+        IssueOutcome::AlreadyIssued => Err(refused(
+            "ALREADY_ISSUED",
+            "you already hold this coupon",
+            None,
+        )),
+        IssueOutcome::NotOpen { opens_at } => Err(refused(
+            "COUPON_NOT_OPEN",
+            "this coupon cannot be issued yet",
+            Some(json!({ "opensAt": rfc3339(opens_at) })),
+        )),
+    }
+}
+
+/// The caller's standing: queued (with place), issued, sold out or not queued.
+#[utoipa::path(get, path = "/api/v1/coupons/{couponId}/queue/me", tag = "coupons", security(("bearer" = [])),
+    params(("couponId" = i64, Path)),
+    responses((status = 200, body = QueueResponse), (status = 404, body = ErrorBody)))]
+pub async fn queue_me(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    ApiPath(raw): ApiPath<i64>,
+) -> Result<Json<QueueResponse>, ApiError> {
+    let id = coupon_id(raw)?;
+    let status = state
+        .coupons
+        .status(id, caller.user_id.get())
+        .await
+        .map_err(coupon_error)?;
+    Ok(Json(match status {
+        QueueStatus::Queued(position) => QueueResponse {
+            status: "QUEUED",
+            position: Some(position),
+        },
+        QueueStatus::Issued => QueueResponse {
+            status: "ISSUED",
+            position: None,
+        },
+        QueueStatus::SoldOut => QueueResponse {
+            status: "SOLD_OUT",
+            position: None,
+        },
+        QueueStatus::NotQueued => QueueResponse {
+            status: "NOT_QUEUED",
+            position: None,
+        },
+    }))
+}
+
+/// The coupons the caller holds, newest first. In Redis mode an issue shows here once the
+/// stream writer has stored it, normally within milliseconds of the 201.
+#[utoipa::path(get, path = "/api/v1/users/me/coupons", tag = "coupons", security(("bearer" = [])),
+    responses((status = 200, body = HeldCouponList), (status = 401, body = ErrorBody)))]
+pub async fn mine(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<HeldCouponList>, ApiError> {
+    let held = state.db.coupons_of_user(caller.user_id.get()).await?;
+    Ok(Json(HeldCouponList {
+        items: held.into_iter().map(Into::into).collect(),
+        next_cursor: None,
+    }))
+}

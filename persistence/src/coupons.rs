@@ -1,0 +1,289 @@
+//! Coupons and the coupons members hold.
+
+use sqlx::{AnyConnection, FromRow};
+
+use crate::{Database, PersistenceError, now_millis};
+
+/// Issue statuses as stored.
+pub mod issue_status {
+    /// Held, not yet used in an order.
+    pub const UNUSED: &str = "UNUSED";
+    /// Used by a SUCCEEDED (or still PROCESSING) order.
+    pub const USED: &str = "USED";
+}
+
+/// A coupon definition as the admin creates it.
+#[derive(Debug, Clone)]
+pub struct NewCoupon {
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The item it discounts; `None` discounts the whole order.
+    pub item_id: Option<i64>,
+    /// Rate in tenths of a percent.
+    pub discount_tenths: i64,
+    /// How many may be issued.
+    pub quantity: i64,
+    /// Unix ms from which it may be issued.
+    pub opens_at: i64,
+    /// Waiting-room admission rate per second, if one fronts the coupon.
+    pub admit_per_second: Option<i64>,
+}
+
+/// A coupon definition as stored.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct CouponRecord {
+    /// Id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The item it discounts; `None` discounts the whole order.
+    pub item_id: Option<i64>,
+    /// Rate in tenths of a percent.
+    pub discount_tenths: i64,
+    /// How many may be issued.
+    pub quantity: i64,
+    /// Unix ms from which it may be issued.
+    pub opens_at: i64,
+    /// Waiting-room admission rate per second, if one fronts the coupon.
+    pub admit_per_second: Option<i64>,
+}
+
+const COUPON_COLUMNS: &str =
+    "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second";
+
+/// One coupon handed to one member, to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIssue {
+    /// Coupon.
+    pub coupon_id: i64,
+    /// Member.
+    pub user_id: i64,
+    /// When it was issued (Unix ms), as the issuing authority recorded it.
+    pub issued_at: i64,
+    /// The Idempotency-Key of the request that got it, if any.
+    pub idem_key: Option<String>,
+}
+
+/// A coupon a member holds, joined with its definition.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct HeldCoupon {
+    /// Coupon.
+    pub coupon_id: i64,
+    /// Its name.
+    pub name: String,
+    /// Rate in tenths of a percent.
+    pub discount_tenths: i64,
+    /// The item it discounts.
+    pub item_id: Option<i64>,
+    /// UNUSED or USED.
+    pub status: String,
+    /// Unix ms.
+    pub issued_at: i64,
+}
+
+/// One member's issue of one coupon.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct IssueRecord {
+    /// Coupon.
+    pub coupon_id: i64,
+    /// Member.
+    pub user_id: i64,
+    /// UNUSED or USED.
+    pub status: String,
+    /// Unix ms.
+    pub issued_at: i64,
+    /// The Idempotency-Key of the request that got it.
+    pub idem_key: Option<String>,
+}
+
+/// Writes issues; an issue already stored (same coupon and member) is left as it is, so a
+/// redelivered or retried write changes nothing. Returns how many rows were new.
+pub(crate) async fn insert_issues(
+    conn: &mut AnyConnection,
+    issues: &[NewIssue],
+) -> Result<u64, sqlx::Error> {
+    let mut inserted = 0;
+    for issue in issues {
+        inserted += sqlx::query(
+            "INSERT INTO coupon_issues (coupon_id, user_id, status, idem_key, issued_at) \
+             VALUES ($1, $2, 'UNUSED', $3, $4) ON CONFLICT (coupon_id, user_id) DO NOTHING",
+        )
+        .bind(issue.coupon_id)
+        .bind(issue.user_id)
+        .bind(issue.idem_key.as_deref())
+        .bind(issue.issued_at)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    }
+    Ok(inserted)
+}
+
+/// Why an order could not take its coupon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CouponRefusal {
+    /// The member was never issued this coupon.
+    NotIssued,
+    /// The member's coupon is already used by another order.
+    AlreadyUsed,
+}
+
+/// Marks the member's coupon USED by `order_id`, only if it is UNUSED: of two orders racing for
+/// one coupon, exactly one matches the row.
+pub(crate) async fn take_for_order(
+    conn: &mut AnyConnection,
+    coupon_id: i64,
+    user_id: i64,
+    order_id: i64,
+) -> Result<Result<(), CouponRefusal>, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE coupon_issues SET status = 'USED', order_id = $1 \
+         WHERE coupon_id = $2 AND user_id = $3 AND status = 'UNUSED'",
+    )
+    .bind(order_id)
+    .bind(coupon_id)
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if taken == 1 {
+        return Ok(Ok(()));
+    }
+    let held: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM coupon_issues WHERE coupon_id = $1 AND user_id = $2")
+            .bind(coupon_id)
+            .bind(user_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(Err(match held {
+        Some(_) => CouponRefusal::AlreadyUsed,
+        None => CouponRefusal::NotIssued,
+    }))
+}
+
+/// Gives back the coupon an order used (failed or cancelled order). Idempotent.
+pub(crate) async fn give_back(conn: &mut AnyConnection, order_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE coupon_issues SET status = 'UNUSED', order_id = NULL \
+         WHERE order_id = $1 AND status = 'USED'",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl Database {
+    /// Creates a coupon. A taken name: [`PersistenceError::Conflict`]; an unknown item:
+    /// [`PersistenceError::NotFound`].
+    pub async fn insert_coupon(&self, c: &NewCoupon) -> Result<CouponRecord, PersistenceError> {
+        if let Some(item) = c.item_id {
+            let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM items WHERE id = $1")
+                .bind(item)
+                .fetch_optional(self.pool())
+                .await?;
+            if exists.is_none() {
+                return Err(PersistenceError::NotFound);
+            }
+        }
+        let row: CouponRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO coupons (name, description, item_id, discount_tenths, quantity, opens_at, \
+             admit_per_second, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             RETURNING {COUPON_COLUMNS}"
+        )))
+        .bind(&c.name)
+        .bind(&c.description)
+        .bind(c.item_id)
+        .bind(c.discount_tenths)
+        .bind(c.quantity)
+        .bind(c.opens_at)
+        .bind(c.admit_per_second)
+        .bind(now_millis())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// The coupon with this id, if any.
+    pub async fn coupon_by_id(&self, id: i64) -> Result<Option<CouponRecord>, PersistenceError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COUPON_COLUMNS} FROM coupons WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Every member holding this coupon, with the key of the request that got it: what an
+    /// embedded coupon actor loads at start, and what seeds Redis when its keys are missing.
+    pub async fn coupon_holders(
+        &self,
+        coupon_id: i64,
+    ) -> Result<Vec<IssueRecord>, PersistenceError> {
+        Ok(sqlx::query_as(
+            "SELECT coupon_id, user_id, status, issued_at, idem_key FROM coupon_issues \
+             WHERE coupon_id = $1",
+        )
+        .bind(coupon_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// How many of this coupon are stored as issued.
+    pub async fn count_issues(&self, coupon_id: i64) -> Result<i64, PersistenceError> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = $1")
+                .bind(coupon_id)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(n)
+    }
+
+    /// One member's issue of one coupon.
+    pub async fn issue_of(
+        &self,
+        coupon_id: i64,
+        user_id: i64,
+    ) -> Result<Option<IssueRecord>, PersistenceError> {
+        Ok(sqlx::query_as(
+            "SELECT coupon_id, user_id, status, issued_at, idem_key FROM coupon_issues \
+             WHERE coupon_id = $1 AND user_id = $2",
+        )
+        .bind(coupon_id)
+        .bind(user_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// The issue a member got with this Idempotency-Key, whatever the coupon.
+    pub async fn issue_by_key(
+        &self,
+        user_id: i64,
+        key: &str,
+    ) -> Result<Option<IssueRecord>, PersistenceError> {
+        Ok(sqlx::query_as(
+            "SELECT coupon_id, user_id, status, issued_at, idem_key FROM coupon_issues \
+             WHERE user_id = $1 AND idem_key = $2",
+        )
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// The coupons a member holds, newest first.
+    pub async fn coupons_of_user(&self, user_id: i64) -> Result<Vec<HeldCoupon>, PersistenceError> {
+        Ok(sqlx::query_as(
+            "SELECT i.coupon_id, c.name, c.discount_tenths, c.item_id, i.status, i.issued_at \
+             FROM coupon_issues i JOIN coupons c ON c.id = i.coupon_id \
+             WHERE i.user_id = $1 ORDER BY i.issued_at DESC, i.coupon_id DESC",
+        )
+        .bind(user_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
