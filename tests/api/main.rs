@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod coupon_orders;
 mod coupons;
 mod errors;
 mod items;
