@@ -1,6 +1,7 @@
 //! Durability under `kill -9`: a real `surge` process is killed mid-sale several times and
 //! restarted on the same database; no acknowledged order may be lost and no unit oversold or
-//! stranded.
+//! stranded. And a node in Redis mode is killed while coupon issues are still draining from
+//! the stream into the database; the next node takes them over and loses or doubles none.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,9 +26,19 @@ struct Node {
 /// ready the test panics and the process ends with it.
 #[allow(clippy::zombie_processes)]
 fn start(dir: &std::path::Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_surge"))
+    start_with(dir, &[])
+}
+
+/// Starts a node with extra `SURGE_*` settings.
+#[allow(clippy::zombie_processes)]
+fn start_with(dir: &std::path::Path, settings: &[(&str, String)]) -> Node {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_surge"));
+    command.env_clear();
+    for (name, value) in settings {
+        command.env(name, value);
+    }
+    let mut child = command
         .current_dir(dir)
-        .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SURGE_HTTP_ADDR", "127.0.0.1:0")
         .env("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "crash_admin")
@@ -248,6 +259,204 @@ async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
         assert_eq!(status, "SUCCEEDED", "acknowledged order {id} was lost");
     }
     assert!(acknowledged.len() as i64 <= UNITS);
+    let _ = db.close().await;
+    kill_9(&mut node);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The Redis the tests use (database 9, a key prefix per test).
+fn redis_url() -> String {
+    std::env::var("SURGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".into())
+}
+
+/// Writes `n` members straight into the node's database and signs their tokens with the
+/// node's own key (argon2 for a thousand sign-ups would dominate the test).
+async fn bulk_members(dir: &std::path::Path, n: usize) -> Vec<(i64, String)> {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}/surge-data/surge.db", dir.display());
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut tx = db.begin().await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO users (login_id, password_hash, name, role, created_at) \
+             VALUES ($1, 'not-a-hash', 'Bulk', 'USER', 0) RETURNING id",
+        )
+        .bind(format!("bulk_{i}"))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    let _ = db.close().await;
+    let secret = std::fs::read_to_string(dir.join("surge-data/jwt-secret")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    ids.into_iter()
+        .map(|id| {
+            let claims = json!({"sub": id.to_string(), "sid": format!("bulk-{id}"),
+                "role": "USER", "iat": now, "exp": now + 3_600, "jti": id.to_string()});
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &key,
+            )
+            .unwrap();
+            (id, token)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_coupon_issues_drain_loses_and_doubles_none() {
+    use redis::AsyncCommands;
+    const QUANTITY: i64 = 100;
+    const USERS: usize = 1_000;
+    const REQUESTS: usize = 5_000;
+    let dir = std::env::temp_dir().join(format!("surge-crash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!(
+        "surge-crash-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let settings = |node: &str| {
+        vec![
+            ("SURGE_REDIS_URL", redis_url()),
+            ("SURGE_REDIS_KEY_PREFIX", prefix.clone()),
+            ("SURGE_REDIS_TIMEOUT_MS", "10000".to_owned()),
+            ("SURGE_COUPON_ANSWER_TIMEOUT_MS", "30000".to_owned()),
+            ("SURGE_NODE_ID", node.to_owned()),
+            ("SURGE_COUPON_CLAIM_IDLE_MS", "500".to_owned()),
+        ]
+    };
+    let client = reqwest::Client::new();
+    let mut node = start_with(&dir, &settings("node-a"));
+    let admin = login(&client, &node.base, "crash_admin", "crash-admin-password").await;
+    let coupon = post(
+        &client,
+        format!("{}/api/v1/coupons", node.base),
+        Some(&admin),
+        json!({ "name": "Crash coupon", "discountRate": 10, "quantity": QUANTITY }),
+    )
+    .await["couponId"]
+        .as_i64()
+        .unwrap();
+    let members = bulk_members(&dir, USERS).await;
+
+    // Hold SQLite's write lock: the stream writer cannot store anything, so the issues pile up
+    // in the stream (read by node-a's consumer, or not yet read) while Redis keeps answering.
+    let url = format!("sqlite://{}/surge-data/surge.db", dir.display());
+    let mut blocker = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..REQUESTS {
+        let (user, token) = members[n % USERS].clone();
+        let url = format!("{}/api/v1/coupons/{coupon}/issue", node.base);
+        let client = client.clone();
+        tasks.spawn(async move {
+            let response = client.post(url).bearer_auth(token).send().await.unwrap();
+            (user, response.status().as_u16())
+        });
+    }
+    let mut acknowledged = std::collections::BTreeSet::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (user, status) = joined.unwrap();
+        match status {
+            201 => assert!(acknowledged.insert(user), "user {user} issued twice"),
+            409 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(acknowledged.len() as i64, QUANTITY);
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stream = format!("{prefix}:coupon-issues");
+    let backlog: i64 = redis.xlen(&stream).await.unwrap();
+    assert_eq!(
+        backlog, QUANTITY,
+        "every issue is still waiting in the stream"
+    );
+    // Some of them node-a's consumer had already taken (pending under its name): only a
+    // claim by another consumer can move those.
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg("coupon-writers")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let taken_by_a = match &pending {
+        redis::Value::Array(parts) => match parts.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    assert!(
+        taken_by_a > 0,
+        "node-a's consumer held no entries: {pending:?}"
+    );
+    eprintln!("node-a held {taken_by_a} entries read but unacknowledged when killed");
+
+    // Mid-drain: kill the node, let the database go, start a node under another name.
+    kill_9(&mut node);
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let _ = blocker.close().await;
+    let mut node = start_with(&dir, &settings("node-b"));
+
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut stored: Vec<i64> = Vec::new();
+    for _ in 0..300 {
+        stored = sqlx::query_as::<_, (i64,)>(
+            "SELECT user_id FROM coupon_issues WHERE coupon_id = $1 ORDER BY user_id",
+        )
+        .bind(coupon)
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(u,)| u)
+        .collect();
+        let left: i64 = redis.xlen(&stream).await.unwrap();
+        if stored.len() as i64 == QUANTITY && left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stored,
+        acknowledged.iter().copied().collect::<Vec<_>>(),
+        "the database holds exactly the acknowledged issues"
+    );
+    let left: i64 = redis.xlen(&stream).await.unwrap();
+    assert_eq!(left, 0, "the stream drained");
+    let remaining: i64 = redis
+        .hget(format!("{prefix}:coupon:{coupon}"), "remaining")
+        .await
+        .unwrap();
+    assert_eq!(remaining, 0);
+    let read = client
+        .get(format!("{}/api/v1/coupons/{coupon}", node.base))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(read["remaining"], 0);
     let _ = db.close().await;
     kill_9(&mut node);
     std::fs::remove_dir_all(dir).unwrap();

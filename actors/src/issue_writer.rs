@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surge_persistence::committer::GroupCommitter;
-use surge_persistence::redis_coupons::{IssueStream, RedisCoupons, StreamIssue};
+use surge_persistence::redis_coupons::{IssueStream, RedisCoupons, RedisError, StreamIssue};
 use surge_supervisors::CircuitBreaker;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -81,21 +81,21 @@ async fn run(
     while !*stopped.borrow() {
         let round = async {
             if stream.is_none() {
-                stream = Some(redis.consumer(BLOCK).await.map_err(|e| e.to_string())?);
+                stream = Some(redis.consumer(BLOCK).await.map_err(RoundError::redis)?);
             }
             let Some(s) = stream.as_ref() else {
-                return Err("no stream connection".to_owned());
+                return Err(RoundError::Redis("no stream connection".to_owned()));
             };
             let entries = if last_claim.elapsed() >= CLAIM_EVERY {
                 last_claim = tokio::time::Instant::now();
                 s.claim_idle(&config.consumer, config.claim_idle, BATCH)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(RoundError::redis)?
             } else {
                 let entries = s
                     .read(&config.consumer, read_pending, BATCH)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(RoundError::redis)?;
                 if read_pending && entries.is_empty() {
                     read_pending = false;
                 }
@@ -106,7 +106,11 @@ async fn run(
         match round.await {
             Ok(_) => backoff = MIN_BACKOFF,
             Err(e) => {
-                if let Ok(permit) = breaker.try_acquire() {
+                // Only Redis's own failures count against its breaker; a database that refuses
+                // the batch is the database breaker's business.
+                if let RoundError::Redis(_) = e
+                    && let Ok(permit) = breaker.try_acquire()
+                {
                     permit.failure();
                 }
                 tracing::warn!(error = %e, "coupon issue writer round failed; retrying");
@@ -119,12 +123,27 @@ async fn run(
     }
 }
 
+/// What failed in a round.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("database: {0}")]
+    Database(String),
+}
+
+impl RoundError {
+    fn redis(e: RedisError) -> Self {
+        Self::Redis(e.to_string())
+    }
+}
+
 /// Writes one batch and acknowledges it. Returns how many entries were handled.
 async fn write_batch(
     stream: &IssueStream,
     committer: &GroupCommitter,
     entries: Vec<StreamIssue>,
-) -> Result<usize, String> {
+) -> Result<usize, RoundError> {
     if entries.is_empty() {
         return Ok(0);
     }
@@ -144,8 +163,8 @@ async fn write_batch(
         committer
             .issue_coupons(issues)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RoundError::Database(e.to_string()))?;
     }
-    stream.ack(&ids).await.map_err(|e| e.to_string())?;
+    stream.ack(&ids).await.map_err(RoundError::redis)?;
     Ok(ids.len())
 }

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimOptions, StreamId, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, RedisError, Value};
+use redis::{AsyncCommands, Value};
+
+/// The error of every Redis call, for callers that do not depend on the client crate.
+pub use redis::RedisError;
 
 use crate::coupons::{CouponRecord, IssueRecord, NewIssue};
 

@@ -19,7 +19,11 @@ async fn order(app: &TestApp, user: &TestUser, lines: Value, coupon: i64) -> (St
 }
 
 async fn my_coupon_status(app: &TestApp, user: &TestUser, coupon: i64) -> String {
-    let (_, mine) = send(app.get("/api/v1/users/me/coupons").bearer_auth(&user.access)).await;
+    let (_, mine) = send(
+        app.get("/api/v1/users/me/coupons")
+            .bearer_auth(&user.access),
+    )
+    .await;
     mine["items"]
         .as_array()
         .unwrap()

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     BURST, Backend, TestApp, TestDatabase, TestUser, assert_error, redis_connection,
-    redis_settings, send,
+    redis_settings, send, setting,
 };
 
 /// Which coupon store a test node runs with.
@@ -101,11 +101,7 @@ pub async fn stored_issues(app: &TestApp, coupon: i64, expected: i64) -> i64 {
 }
 
 fn prefix_of(app: &TestApp) -> Option<String> {
-    app.db
-        .settings
-        .iter()
-        .find(|(k, _)| *k == "SURGE_REDIS_KEY_PREFIX")
-        .map(|(_, v)| v.clone())
+    setting(&app.db, "SURGE_REDIS_KEY_PREFIX")
 }
 
 /// The live count Redis holds for a coupon (Redis mode only).

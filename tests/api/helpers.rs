@@ -197,16 +197,29 @@ pub fn redis_url() -> String {
 
 /// Node settings for Redis mode with a fresh key prefix.
 pub fn redis_settings() -> Vec<(&'static str, String)> {
+    // Debug builds under a 5,000-request burst on two cores answer slowly.
+    redis_settings_for(&redis_url(), 10_000)
+}
+
+/// Redis-mode settings for a Redis at `url` with a per-call timeout.
+pub fn redis_settings_for(url: &str, timeout_ms: u64) -> Vec<(&'static str, String)> {
     let prefix = format!(
         "surge-test-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     vec![
-        ("SURGE_REDIS_URL", redis_url()),
+        ("SURGE_REDIS_URL", url.to_owned()),
         ("SURGE_REDIS_KEY_PREFIX", prefix),
-        // Debug builds under a 5,000-request burst on two cores answer slowly.
-        ("SURGE_REDIS_TIMEOUT_MS", "10000".to_owned()),
+        ("SURGE_REDIS_TIMEOUT_MS", timeout_ms.to_string()),
     ]
+}
+
+/// One of the extra settings a test node was given.
+pub fn setting(db: &TestDatabase, name: &str) -> Option<String> {
+    db.settings
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// A connection to the test Redis.
@@ -480,4 +493,58 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// A TCP forwarder in front of a real server that a test can cut: while cut, new connections
+/// are refused and the open ones are closed, exactly what a client sees when the server's host
+/// goes away. Used for Redis outages.
+pub struct TcpCut {
+    pub addr: std::net::SocketAddr,
+    target: String,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TcpCut {
+    /// Starts forwarding a fresh local port to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cut = Self {
+            addr,
+            target: target.to_owned(),
+            task: None,
+        };
+        cut.serve(listener);
+        cut
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        self.task = Some(tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                // Dropping the set (when this task is aborted) closes every open connection.
+                pipes.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub async fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Accepts connections again on the same port.
+    pub async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
 }

@@ -6,6 +6,7 @@ mod helpers;
 
 mod auth;
 mod coupon_orders;
+mod coupon_outage;
 mod coupons;
 mod errors;
 mod items;
