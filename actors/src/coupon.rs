@@ -408,8 +408,14 @@ impl CouponActor {
                         idem_key: c.key.clone(),
                     })
                     .collect();
+                // Queued before this handler returns, so a successor actor's barrier write (see
+                // `pre_start`) commits after it.
+                let queued = committer.submit_issues(issues.clone());
                 tokio::spawn(async move {
-                    let written = committer.issue_coupons(issues.clone()).await;
+                    let written = match queued {
+                        Ok(rx) => rx.await.unwrap_or(Err(PersistenceError::Closed)),
+                        Err(e) => Err(e),
+                    };
                     let results = batch
                         .into_iter()
                         .zip(issues)
@@ -562,6 +568,12 @@ impl Actor for CouponActor {
         myself: ActorRef<CouponMsg>,
         args: CouponArgs,
     ) -> Result<CouponState, ActorProcessingErr> {
+        if let CouponStore::Embedded = self.store {
+            // A predecessor that failed may have issues queued in the writer. An empty write
+            // commits after them (the writer keeps queue order), so the holders read next
+            // include them and the count cannot be handed out twice.
+            self.committer.issue_coupons(Vec::new()).await?;
+        }
         let holders = self.db.coupon_holders(args.coupon.id).await?;
         let issued = i64::try_from(holders.len()).unwrap_or(i64::MAX);
         if let CouponStore::Redis { redis, .. } = &self.store {

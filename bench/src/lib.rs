@@ -21,6 +21,7 @@ mod stats;
 mod users;
 
 use std::io::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,57 +107,59 @@ pub async fn run(
             )
             .await?
         }
-        Some(path) => {
-            let extent = match (options.duration, options.attempts) {
-                (None, None) => Extent::Duration(DEFAULT_PLOT_STEP),
-                _ => options.extent(),
-            };
-            let mut steps = Vec::new();
-            let mut invariants = Vec::new();
-            let mut last = None;
-            for rate in options.plot_rates() {
-                let pacing = Pacing::Open {
-                    rate,
-                    max_in_flight: options.concurrency as usize,
-                };
-                let report = run_scenario(
-                    &api,
-                    options.scenario,
-                    &size,
-                    &mut cast,
-                    pacing,
-                    extent,
-                    &progress,
-                )
-                .await?;
-                steps.push(report.as_step(rate));
-                invariants.extend(report.invariants.iter().cloned().map(|mut c| {
-                    c.detail = format!("at {rate} req/s: {}", c.detail);
-                    c
-                }));
-                last = Some(report);
-            }
-            let mut report =
-                last.ok_or_else(|| BenchError::Usage("--plot-rates is empty".into()))?;
-            plot::latency_against_load(
-                path,
-                &format!(
-                    "surge bench {}: latency against offered load",
-                    report.scenario
-                ),
-                &steps,
-            )?;
-            report.invariants_ok = invariants::all_ok(&invariants);
-            report.invariants = invariants;
-            report.load_steps = steps;
-            report
-        }
+        Some(path) => run_load_steps(&api, options, &size, &mut cast, path, &progress).await?,
     };
     if !options.no_ceiling && options.scenario != Scenario::Health {
         let concurrency = options.concurrency as usize;
         let ceiling = measure_ceiling(&api, concurrency, options.ceiling_duration, &progress).await;
         report.set_ceiling(&ceiling, concurrency);
     }
+    Ok(report)
+}
+
+/// `--plot`: one open-loop run per offered load, the SVG of their percentiles, and the last
+/// run's report carrying every step and every step's invariants.
+async fn run_load_steps(
+    api: &Api,
+    options: &BenchOptions,
+    size: &ScenarioSize,
+    cast: &mut Cast,
+    path: &Path,
+    progress: &Progress,
+) -> Result<Report, BenchError> {
+    let extent = match (options.duration, options.attempts) {
+        (None, None) => Extent::Duration(DEFAULT_PLOT_STEP),
+        _ => options.extent(),
+    };
+    let mut steps = Vec::new();
+    let mut invariants = Vec::new();
+    let mut last = None;
+    for rate in options.plot_rates() {
+        let pacing = Pacing::Open {
+            rate,
+            max_in_flight: options.concurrency as usize,
+        };
+        let report =
+            run_scenario(api, options.scenario, size, cast, pacing, extent, progress).await?;
+        steps.push(report.as_step(rate));
+        invariants.extend(report.invariants.iter().cloned().map(|mut c| {
+            c.detail = format!("at {rate} req/s: {}", c.detail);
+            c
+        }));
+        last = Some(report);
+    }
+    let mut report = last.ok_or_else(|| BenchError::Usage("--plot-rates is empty".into()))?;
+    plot::latency_against_load(
+        path,
+        &format!(
+            "surge bench {}: latency against offered load",
+            report.scenario
+        ),
+        &steps,
+    )?;
+    report.invariants_ok = invariants::all_ok(&invariants);
+    report.invariants = invariants;
+    report.load_steps = steps;
     Ok(report)
 }
 

@@ -153,6 +153,18 @@ impl GroupCommitter {
     pub async fn issue_coupons(&self, issues: Vec<NewIssue>) -> Result<u64, PersistenceError> {
         self.write(|reply| Write::IssueCoupons(issues, reply)).await
     }
+
+    /// Queues coupon issues now and returns the commit's answer to wait for later. Queued in
+    /// the caller's order: the writer commits in queue order, so a later write (a barrier)
+    /// commits after these.
+    pub fn submit_issues(
+        &self,
+        issues: Vec<NewIssue>,
+    ) -> Result<oneshot::Receiver<Result<u64, PersistenceError>>, PersistenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Write::IssueCoupons(issues, reply))?;
+        Ok(rx)
+    }
 }
 
 /// Most expired reservations one sweep releases (keeps a sweep's transaction short).

@@ -167,6 +167,10 @@ on_both_coupon_stores! {
         let holders = app.count(
             "SELECT COUNT(DISTINCT user_id) FROM coupon_issues WHERE coupon_id = $1", coupon).await;
         assert_eq!(holders, QUANTITY);
+        let (_, actors) = send(app.get("/api/v1/admin/actors").bearer_auth(&admin.access)).await;
+        let view = actors["actors"].as_array().unwrap().iter()
+            .find(|a| a["kind"] == "coupon" && a["key"] == coupon).cloned().unwrap();
+        assert!(view["lastBatchSize"].as_u64().unwrap() >= 1, "{view}");
         let winner = by_id[issued.iter().next().unwrap()];
         let (_, mine) = send(app.get("/api/v1/users/me/coupons").bearer_auth(&winner.access)).await;
         assert_eq!(mine["items"][0]["couponId"], coupon, "{mine}");
