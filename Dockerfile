@@ -1,0 +1,15 @@
+# Two stages: build the release binary, then run it on a slim image without a toolchain.
+FROM rust:1.88-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin surge
+
+FROM debian:bookworm-slim
+RUN useradd --system --home /var/lib/surge --create-home surge
+COPY --from=build /src/target/release/surge /usr/local/bin/surge
+USER surge
+WORKDIR /var/lib/surge
+ENV SURGE_HTTP_ADDR=0.0.0.0:8080
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/surge"]
+CMD ["serve"]
