@@ -23,6 +23,14 @@ pub fn all_ok(checks: &[InvariantCheck]) -> bool {
     checks.iter().all(|c| c.ok)
 }
 
+/// Attempts whose outcome the run's answer left open, and how many stayed open after
+/// following them up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FollowUp {
+    pub open: u64,
+    pub unsettled: u64,
+}
+
 /// One item's units after a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockCount {
@@ -37,7 +45,7 @@ pub struct StockCount {
 
 /// Checks for orders: no item oversold, every unit either sold or still available, and every
 /// order's outcome known (none left `PROCESSING` or unanswered).
-pub fn stock_checks(items: &[StockCount], unsettled_orders: u64) -> Vec<InvariantCheck> {
+pub fn stock_checks(items: &[StockCount], follow_up: FollowUp) -> Vec<InvariantCheck> {
     let sold: u64 = items.iter().map(|i| i.sold).sum();
     let initial: u64 = items.iter().map(|i| i.initial).sum();
     let available: i64 = items.iter().map(|i| i.available).sum();
@@ -80,8 +88,11 @@ pub fn stock_checks(items: &[StockCount], unsettled_orders: u64) -> Vec<Invarian
         ),
         InvariantCheck::new(
             "every_order_settled",
-            unsettled_orders == 0,
-            format!("{unsettled_orders} order(s) without a final outcome"),
+            follow_up.unsettled == 0,
+            format!(
+                "{} order(s) followed up after the run, {} without a final outcome",
+                follow_up.open, follow_up.unsettled
+            ),
         ),
     ]
 }
@@ -100,8 +111,7 @@ pub struct CouponCount {
     pub sold_out_seen: bool,
     /// `remaining` of `GET /api/v1/coupons/{id}`.
     pub remaining: i64,
-    /// Attempts whose outcome stayed unknown.
-    pub unsettled: u64,
+    pub follow_up: FollowUp,
 }
 
 /// Checks for a coupon rush: nobody got it twice, no more were issued than exist, a sold-out
@@ -152,8 +162,11 @@ pub fn coupon_checks(c: &CouponCount) -> Vec<InvariantCheck> {
         ),
         InvariantCheck::new(
             "every_issue_settled",
-            c.unsettled == 0,
-            format!("{} issue attempt(s) without a final outcome", c.unsettled),
+            c.follow_up.unsettled == 0,
+            format!(
+                "{} attempt(s) followed up after the run, {} without a final outcome",
+                c.follow_up.open, c.follow_up.unsettled
+            ),
         ),
     ]
 }
@@ -177,14 +190,17 @@ mod tests {
 
     #[test]
     fn an_exact_sell_out_keeps_every_stock_invariant() {
-        let checks = stock_checks(&[sold_out_item()], 0);
+        let checks = stock_checks(&[sold_out_item()], FollowUp::default());
         assert!(all_ok(&checks), "{checks:?}");
         let partial = StockCount {
             sold: 40,
             available: 60,
             ..sold_out_item()
         };
-        assert!(all_ok(&stock_checks(&[partial, sold_out_item()], 0)));
+        assert!(all_ok(&stock_checks(
+            &[partial, sold_out_item()],
+            FollowUp::default()
+        )));
     }
 
     #[test]
@@ -194,7 +210,13 @@ mod tests {
             available: -1,
             ..sold_out_item()
         };
-        let checks = stock_checks(&[oversold], 0);
+        let checks = stock_checks(
+            &[oversold],
+            FollowUp {
+                open: 3,
+                unsettled: 0,
+            },
+        );
         assert_eq!(failed(&checks), ["units_sold_within_stock"]);
         assert!(!all_ok(&checks));
     }
@@ -207,7 +229,7 @@ mod tests {
             ..sold_out_item()
         };
         assert_eq!(
-            failed(&stock_checks(&[lost], 0)),
+            failed(&stock_checks(&[lost], FollowUp::default())),
             ["sold_plus_available_equals_initial"]
         );
         let doubled = StockCount {
@@ -216,7 +238,10 @@ mod tests {
             ..sold_out_item()
         };
         assert_eq!(
-            failed(&stock_checks(&[sold_out_item(), doubled], 0)),
+            failed(&stock_checks(
+                &[sold_out_item(), doubled],
+                FollowUp::default()
+            )),
             ["sold_plus_available_equals_initial"]
         );
     }
@@ -224,7 +249,13 @@ mod tests {
     #[test]
     fn an_order_left_unsettled_fails() {
         assert_eq!(
-            failed(&stock_checks(&[sold_out_item()], 1)),
+            failed(&stock_checks(
+                &[sold_out_item()],
+                FollowUp {
+                    open: 2,
+                    unsettled: 1
+                }
+            )),
             ["every_order_settled"]
         );
     }
@@ -237,7 +268,10 @@ mod tests {
             held: vec![1, 1, 0, 1],
             sold_out_seen: true,
             remaining: 0,
-            unsettled: 0,
+            follow_up: FollowUp {
+                open: 1,
+                unsettled: 0,
+            },
         }
     }
 
@@ -312,7 +346,10 @@ mod tests {
     #[test]
     fn an_issue_left_unsettled_fails() {
         let unsettled = CouponCount {
-            unsettled: 2,
+            follow_up: FollowUp {
+                open: 3,
+                unsettled: 2,
+            },
             ..sold_out_coupon()
         };
         assert_eq!(failed(&coupon_checks(&unsettled)), ["every_issue_settled"]);

@@ -89,6 +89,8 @@ mod tests {
             throughput_rps: offered_rps,
             requests: 100,
             succeeded: 100,
+            by_status: [("201".to_owned(), 100)].into(),
+            by_code: Default::default(),
             latency_ms: LatencySummary {
                 p50,
                 p90: p50 * 2.0,

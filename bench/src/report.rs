@@ -61,6 +61,8 @@ pub struct LoadStep {
     pub throughput_rps: f64,
     pub requests: u64,
     pub succeeded: u64,
+    pub by_status: BTreeMap<String, u64>,
+    pub by_code: BTreeMap<String, u64>,
     pub latency_ms: LatencySummary,
     pub invariants_ok: bool,
 }
@@ -122,6 +124,8 @@ impl Report {
             throughput_rps: self.throughput_rps,
             requests: self.requests,
             succeeded: self.succeeded,
+            by_status: self.by_status.clone(),
+            by_code: self.by_code.clone(),
             latency_ms: self.latency_ms,
             invariants_ok: self.invariants_ok,
         }
@@ -179,9 +183,10 @@ impl Report {
         for step in &self.load_steps {
             let _ = writeln!(
                 out,
-                "load step   offered {:.0} req/s: {:.1} req/s, {}{}",
+                "load step   offered {:.0} req/s: {:.1} req/s ({}), {}{}",
                 step.offered_rps,
                 step.throughput_rps,
+                join_counts(&step.by_status),
                 latency_line(&step.latency_ms),
                 if step.invariants_ok {
                     ""

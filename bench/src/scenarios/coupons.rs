@@ -14,7 +14,7 @@ use crate::api::Api;
 use crate::concurrent::bounded;
 use crate::driver::Workload;
 use crate::error::BenchError;
-use crate::invariants::{CouponCount, InvariantCheck, coupon_checks};
+use crate::invariants::{CouponCount, FollowUp, InvariantCheck, coupon_checks};
 use crate::stats::Reply;
 use crate::users::BenchUser;
 
@@ -170,6 +170,7 @@ impl CouponWorkload {
     /// room), then reads the coupon and every member's coupon list.
     pub async fn settle_and_check(self: &Arc<Self>) -> Result<Vec<InvariantCheck>, BenchError> {
         let pending = std::mem::take(&mut self.book().pending);
+        let open = pending.len() as u64;
         let deadline = Instant::now() + SETTLE_DEADLINE;
         let unsettled: u64 = bounded(pending, READ_BACK_CONCURRENCY, |mut issue| {
             let this = Arc::clone(self);
@@ -214,7 +215,7 @@ impl CouponWorkload {
             held,
             sold_out_seen: book.sold_out_seen,
             remaining,
-            unsettled,
+            follow_up: FollowUp { open, unsettled },
         }))
     }
 }

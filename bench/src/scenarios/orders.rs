@@ -16,7 +16,7 @@ use crate::api::Api;
 use crate::concurrent::bounded;
 use crate::driver::Workload;
 use crate::error::BenchError;
-use crate::invariants::{InvariantCheck, StockCount, stock_checks};
+use crate::invariants::{FollowUp, InvariantCheck, StockCount, stock_checks};
 use crate::stats::Reply;
 use crate::users::BenchUser;
 
@@ -158,6 +158,7 @@ impl OrderWorkload {
     /// has a final answer or [`SETTLE_DEADLINE`] passes; then reads each item's stock.
     pub async fn settle_and_check(self: &Arc<Self>) -> Result<Vec<InvariantCheck>, BenchError> {
         let pending = std::mem::take(&mut self.book().pending);
+        let open = pending.len() as u64;
         let deadline = Instant::now() + SETTLE_DEADLINE;
         let unsettled = bounded(pending, READ_BACK_CONCURRENCY, |order| {
             let this = Arc::clone(self);
@@ -194,7 +195,7 @@ impl OrderWorkload {
                 available: available?,
             });
         }
-        Ok(stock_checks(&counts, unsettled))
+        Ok(stock_checks(&counts, FollowUp { open, unsettled }))
     }
 }
 
