@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use surge_actors::StockStrategy;
 use surge_domain::{LoginId, Password};
 use surge_persistence::Backend;
 
@@ -69,6 +70,9 @@ pub struct Config {
     pub reservation_ttl: Duration,
     /// `SURGE_STOCK_PASSIVATE_MS`: a stock actor idle this long gives its allotment back.
     pub stock_passivate_after: Duration,
+    /// `SURGE_STOCK_STRATEGY`: `actor` (Surge's design) or a conventional strategy kept for
+    /// `surge bench compare`.
+    pub stock_strategy: StockStrategy,
     /// `SURGE_COUPON_ANSWER_TIMEOUT_MS`: how long a coupon issue request waits for its answer.
     pub coupon_answer_timeout: Duration,
     /// `SURGE_REDIS_URL` and friends: Redis holds the live coupon counts. `None`: embedded.
@@ -199,6 +203,15 @@ impl Config {
             Duration::from_millis(number("SURGE_RESERVATION_TTL_MS", 30_000, 100, 3_600_000)?);
         let stock_passivate_after =
             Duration::from_millis(number("SURGE_STOCK_PASSIVATE_MS", 60_000, 100, 86_400_000)?);
+        let stock_strategy = match get("SURGE_STOCK_STRATEGY") {
+            None => StockStrategy::Actor,
+            Some(raw) => StockStrategy::parse(raw.trim()).ok_or_else(|| {
+                invalid(
+                    "SURGE_STOCK_STRATEGY",
+                    "must be actor, row-lock, conditional-update or redis-decr",
+                )
+            })?,
+        };
         let coupon_answer_timeout =
             Duration::from_millis(number("SURGE_COUPON_ANSWER_TIMEOUT_MS", 5_000, 1, 60_000)?);
         let redis = match get("SURGE_REDIS_URL") {
@@ -237,7 +250,14 @@ impl Config {
                 })
             }
         };
+        if stock_strategy == StockStrategy::RedisDecr && redis.is_none() {
+            return Err(invalid(
+                "SURGE_STOCK_STRATEGY",
+                "redis-decr needs SURGE_REDIS_URL",
+            ));
+        }
         Ok(Self {
+            stock_strategy,
             coupon_answer_timeout,
             redis,
             stock_passivate_after,
@@ -335,6 +355,11 @@ mod tests {
             (
                 &[("SURGE_KAFKA_BROKERS", "127.0.0.1:9092")],
                 "SURGE_KAFKA_BROKERS",
+            ),
+            (&[("SURGE_STOCK_STRATEGY", "yolo")], "SURGE_STOCK_STRATEGY"),
+            (
+                &[("SURGE_STOCK_STRATEGY", "redis-decr")],
+                "SURGE_STOCK_STRATEGY",
             ),
         ];
         for (vars, variable) in cases {

@@ -9,12 +9,16 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use surge_actors::coupon::CouponStore;
 use surge_actors::issue_writer::IssueWriterConfig;
-use surge_actors::{CouponActors, CouponConfig, IssueWriter, OrderSagas, StockActors, StockConfig};
+use surge_actors::{
+    BaselineStock, CouponActors, CouponConfig, IssueWriter, OrderSagas, StockActors, StockConfig,
+    StockStrategy,
+};
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
 use surge_http::{AppState, AuthService, AuthSettings, Metrics, OrderServices};
 use surge_persistence::committer::{CommitterConfig, GroupCommitter};
 use surge_persistence::redis_coupons::RedisCoupons;
+use surge_persistence::redis_stock::RedisStock;
 use surge_persistence::{Database, DatabaseOptions, PersistenceError, now_millis, sqlite_file};
 use surge_supervisors::{CircuitConfig, CircuitRegistry};
 use tokio::net::TcpListener;
@@ -113,6 +117,30 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
+        let baseline_redis = match (&config.redis, config.stock_strategy) {
+            (Some(settings), StockStrategy::RedisDecr) => Some(
+                RedisStock::connect(
+                    settings.url.expose_secret(),
+                    &settings.key_prefix,
+                    settings.timeout,
+                )
+                .await
+                .map_err(|e| StartupError::Redis(e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let baseline = BaselineStock::new(
+            config.stock_strategy,
+            db.clone(),
+            baseline_redis,
+            config.reservation_ttl,
+        );
+        if baseline.is_some() {
+            tracing::warn!(
+                strategy = config.stock_strategy.as_str(),
+                "stock strategy for comparison only: every order line takes its own transaction"
+            );
+        }
         let (coupon_store, issue_writer) = match &config.redis {
             None => (CouponStore::Embedded, None),
             Some(settings) => {
@@ -157,6 +185,7 @@ impl Application {
             db.clone(),
             committer.clone(),
             stock.clone(),
+            baseline,
             coupons.clone(),
             db_breaker.clone(),
             // Half the reservation lifetime leaves the other half for the confirmation.

@@ -18,6 +18,7 @@ use surge_persistence::{Database, PersistenceError};
 use surge_supervisors::{CircuitBreaker, RetryPolicy, retry};
 use tokio::sync::{broadcast, oneshot};
 
+use crate::baseline::BaselineStock;
 use crate::coupon::{CouponActors, CouponError};
 use crate::stock::{ReserveError, StockActors};
 use crate::supervision::{Failures, actor_name, start_supervisor};
@@ -106,6 +107,8 @@ struct Inner {
     db: Database,
     committer: GroupCommitter,
     stock: StockActors,
+    /// Set when a comparison strategy replaces the stock actors (`SURGE_STOCK_STRATEGY`).
+    baseline: Option<BaselineStock>,
     coupons: CouponActors,
     breaker: Arc<CircuitBreaker>,
     retry: RetryPolicy,
@@ -150,6 +153,7 @@ impl OrderSagas {
         db: Database,
         committer: GroupCommitter,
         stock: StockActors,
+        baseline: Option<BaselineStock>,
         coupons: CouponActors,
         breaker: Arc<CircuitBreaker>,
         reserve_deadline: Duration,
@@ -159,6 +163,7 @@ impl OrderSagas {
             db,
             committer,
             stock,
+            baseline,
             coupons,
             breaker,
             // A contended SQLite write can fail fast with SQLITE_BUSY; retries are cheap and
@@ -354,7 +359,11 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
     let mut lines = Vec::with_capacity(request.lines.len());
     let mut missing = Vec::with_capacity(request.lines.len());
     for &(item_id, quantity) in &request.lines {
-        let price = match inner.stock.price_of(item_id).await {
+        let priced = match &inner.baseline {
+            Some(baseline) => baseline.price_of(item_id).await,
+            None => inner.stock.price_of(item_id).await,
+        };
+        let price = match priced {
             Ok(p) => p,
             Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
         };
@@ -451,9 +460,12 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
                 &inner.retry,
                 deadline,
                 |e: &ReserveError| matches!(e, ReserveError::Unavailable(_)),
-                |_| {
+                |_| async {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    inner.stock.reserve(item_id, order_id, quantity, left)
+                    match &inner.baseline {
+                        Some(baseline) => baseline.reserve(item_id, order_id, quantity).await,
+                        None => inner.stock.reserve(item_id, order_id, quantity, left).await,
+                    }
                 },
             )
             .await;

@@ -16,3 +16,4 @@ mod orders;
 mod outage;
 mod restart;
 mod stock;
+mod strategies;
