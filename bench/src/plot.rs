@@ -9,13 +9,15 @@ use crate::report::LoadStep;
 
 /// Size of the picture in pixels.
 const PLOT_SIZE: (u32, u32) = (960, 600);
-/// Headroom above the highest point, as a factor.
-const Y_HEADROOM: f64 = 1.15;
+/// Room around the data on both (logarithmic) axes, as a factor.
+const AXIS_PAD: f64 = 1.25;
+/// The floor of the latency axis; a log scale cannot start at zero.
+const MIN_PLOTTED_MS: f64 = 0.01;
 
 /// A plotted line: its label, its colour and where its values come from.
 type Percentile = (&'static str, RGBColor, fn(&LoadStep) -> f64);
 
-/// Draws p50, p90 and p99 of each step against its offered load (log scale) into `path`.
+/// Draws p50, p90 and p99 of each step against its offered load into `path`.
 pub fn latency_against_load(
     path: &Path,
     title: &str,
@@ -28,23 +30,40 @@ pub fn latency_against_load(
     if steps.is_empty() {
         return Err(failed(&"no load steps to plot"));
     }
-    let lowest = steps.iter().map(|s| s.offered_rps).fold(f64::MAX, f64::min);
-    let highest = steps.iter().map(|s| s.offered_rps).fold(0.0, f64::max);
-    let top = steps.iter().map(|s| s.latency_ms.p99).fold(1.0, f64::max) * Y_HEADROOM;
+    let offered: Vec<f64> = steps.iter().map(|s| s.offered_rps).collect();
+    let lowest = offered.iter().copied().fold(f64::MAX, f64::min);
+    let highest = offered.iter().copied().fold(0.0, f64::max);
+    let fastest = steps
+        .iter()
+        .map(|s| s.latency_ms.p50)
+        .fold(f64::MAX, f64::min)
+        .max(MIN_PLOTTED_MS);
+    let slowest = steps
+        .iter()
+        .map(|s| s.latency_ms.p99)
+        .fold(fastest, f64::max);
     let root = SVGBackend::new(path, PLOT_SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| failed(&e))?;
+    // Both axes logarithmic: offered loads usually double per step, and latency past the
+    // knee is orders of magnitude above latency before it.
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(50)
         .y_label_area_size(70)
-        .build_cartesian_2d((lowest * 0.8..highest * 1.25).log_scale(), 0.0..top)
+        .build_cartesian_2d(
+            (lowest / AXIS_PAD..highest * AXIS_PAD)
+                .log_scale()
+                .with_key_points(offered),
+            (fastest / AXIS_PAD..slowest * AXIS_PAD).log_scale(),
+        )
         .map_err(|e| failed(&e))?;
     chart
         .configure_mesh()
         .x_desc("offered load (requests/s, log scale)")
-        .y_desc("latency (ms)")
+        .y_desc("latency (ms, log scale)")
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y}"))
         .draw()
         .map_err(|e| failed(&e))?;
     let series: [Percentile; 3] = [
@@ -53,7 +72,10 @@ pub fn latency_against_load(
         ("p99", RED, |s| s.latency_ms.p99),
     ];
     for (label, color, value) in series {
-        let points: Vec<(f64, f64)> = steps.iter().map(|s| (s.offered_rps, value(s))).collect();
+        let points: Vec<(f64, f64)> = steps
+            .iter()
+            .map(|s| (s.offered_rps, value(s).max(MIN_PLOTTED_MS)))
+            .collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(|e| failed(&e))?
