@@ -215,6 +215,7 @@ impl Application {
                 answer_deadline: config.order_answer_timeout,
             },
             coupons,
+            items: Arc::default(),
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 mod extract;
+pub mod item_cache;
 pub mod metrics;
 mod routes;
 mod state;

@@ -8,6 +8,7 @@ use surge_supervisors::{CircuitBreaker, CircuitRegistry};
 use tokio::sync::Semaphore;
 
 use crate::auth::AuthService;
+use crate::item_cache::LastKnownItems;
 use crate::metrics::Metrics;
 
 /// What every handler can reach.
@@ -23,6 +24,8 @@ pub struct AppState {
     pub orders: OrderServices,
     /// Coupon actors (and, in Redis mode, the store behind them).
     pub coupons: CouponActors,
+    /// Item records last read, served while the database is down.
+    pub items: Arc<LastKnownItems>,
 }
 
 /// The order machinery as the HTTP layer sees it.

@@ -24,6 +24,8 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
         )
     };
     assert_eq!(buy().await.0, StatusCode::CREATED);
+    let (_, before) = send(app.get(&format!("/api/v1/items/{item}"))).await;
+    assert_eq!(before["stock"], 999);
 
     // Take the database away: refuse new connections and cut the open ones.
     let outage = PgOutage::begin(&app.db).await;
@@ -60,8 +62,22 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
     assert_eq!(fast.len(), 10, "the breaker never made orders fail fast");
     let (_, circuits) = send(app.get("/api/v1/admin/circuits").bearer_auth(&admin.access)).await;
     assert_ne!(circuits["circuits"][0]["state"], "closed", "{circuits}");
-    // Item reads do not need the breaker: they are still answered (from the database when it
-    // is back; here the point is that they do not hang).
+    // Item reads keep working from memory, marked stale, without waiting on the database.
+    let started = Instant::now();
+    let read = app
+        .get(&format!("/api/v1/items/{item}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(read.headers()["x-surge-stale"], "true");
+    let body: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(body["itemId"], item, "{body}");
 
     outage.end().await;
     let mut recovered = false;

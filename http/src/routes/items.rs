@@ -16,6 +16,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use surge_supervisors::CircuitState;
 
 /// New item.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -129,18 +132,43 @@ pub async fn create(
 /// Read one item.
 #[utoipa::path(get, path = "/api/v1/items/{itemId}", tag = "items",
     params(("itemId" = i64, Path, description = "item id")),
-    responses((status = 200, body = ItemResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ItemResponse, description = "with `x-surge-stale: true` when served from memory during a database outage"), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<Json<ItemResponse>, ApiError> {
-    let item = state
-        .db
-        .item_by_id(item_id(id)?)
-        .await?
-        .ok_or(ApiError::NotFound("item"))?;
-    Ok(Json(item.into()))
+) -> Result<Response, ApiError> {
+    let id = item_id(id)?;
+    let stale = |item: ItemRecord| {
+        let mut response = Json(ItemResponse::from(item)).into_response();
+        response
+            .headers_mut()
+            .insert(STALE_HEADER, HeaderValue::from_static("true"));
+        response
+    };
+    // While the database's breaker is open, do not wait on it: answer from memory.
+    if state.orders.db_breaker.snapshot().state == CircuitState::Open
+        && let Some(item) = state.items.recall(id.get())
+    {
+        return Ok(stale(item));
+    }
+    match state.db.item_by_id(id).await {
+        Ok(Some(item)) => {
+            state.items.remember(&item);
+            Ok(Json(ItemResponse::from(item)).into_response())
+        }
+        Ok(None) => Err(ApiError::NotFound("item")),
+        Err(e) => match state.items.recall(id.get()) {
+            Some(item) => {
+                tracing::warn!(error = %e, item = id.get(), "item read failed; answering from memory");
+                Ok(stale(item))
+            }
+            None => Err(e.into()),
+        },
+    }
 }
+
+/// Set on item answers served from memory while the database is unreachable.
+const STALE_HEADER: &str = "x-surge-stale";
 
 /// Search items by name and price range, in id order, with cursor paging.
 #[utoipa::path(get, path = "/api/v1/items", tag = "items", params(ItemQuery),
