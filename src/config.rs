@@ -70,6 +70,8 @@ pub struct Config {
     pub reservation_ttl: Duration,
     /// `SURGE_STOCK_PASSIVATE_MS`: a stock actor idle this long gives its allotment back.
     pub stock_passivate_after: Duration,
+    /// `SURGE_MAX_WAITING_PER_ITEM`: reservation requests that may wait on one item before 503.
+    pub max_waiting_per_item: usize,
     /// `SURGE_STOCK_STRATEGY`: `actor` (Surge's design) or a conventional strategy kept for
     /// `surge bench compare`.
     pub stock_strategy: StockStrategy,
@@ -203,6 +205,9 @@ impl Config {
             Duration::from_millis(number("SURGE_RESERVATION_TTL_MS", 30_000, 100, 3_600_000)?);
         let stock_passivate_after =
             Duration::from_millis(number("SURGE_STOCK_PASSIVATE_MS", 60_000, 100, 86_400_000)?);
+        let max_waiting_per_item =
+            usize::try_from(number("SURGE_MAX_WAITING_PER_ITEM", 10_000, 1, 1_000_000)?)
+                .unwrap_or(10_000);
         let stock_strategy = match get("SURGE_STOCK_STRATEGY") {
             None => StockStrategy::Actor,
             Some(raw) => StockStrategy::parse(raw.trim()).ok_or_else(|| {
@@ -257,6 +262,7 @@ impl Config {
             ));
         }
         Ok(Self {
+            max_waiting_per_item,
             stock_strategy,
             coupon_answer_timeout,
             redis,

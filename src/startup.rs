@@ -112,6 +112,7 @@ impl Application {
                 owner: config.node_id.clone(),
                 reservation_ttl: config.reservation_ttl,
                 passivate_after: config.stock_passivate_after,
+                max_waiting_per_item: config.max_waiting_per_item,
                 ..StockConfig::default()
             },
         )

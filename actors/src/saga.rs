@@ -178,10 +178,32 @@ impl OrderSagas {
             running: Mutex::new(HashMap::new()),
             failures: Failures::default(),
         });
-        // A failed saga leaves its order PROCESSING; its reservations expire and the order
-        // is compensated at the next start (`recover`). The supervisor counts the failure.
-        let supervisor =
-            start_supervisor("saga", inner.failures.clone(), Box::new(|_, _| {})).await?;
+        // A failed saga is compensated at once: its order is failed, its HELD reservations
+        // released and its coupon given back, in one transaction (the same write a saga's own
+        // failure path makes; it changes nothing if the order already reached a final status).
+        // Should that write fail too, the reservations still expire and the order is
+        // compensated at the next start (`recover`).
+        let committer_for_failures = inner.committer.clone();
+        let supervisor = start_supervisor(
+            "saga",
+            inner.failures.clone(),
+            Box::new(move |order_id, _| {
+                let committer = committer_for_failures.clone();
+                tokio::spawn(async move {
+                    let compensated = committer
+                        .resolve(OrderResolution {
+                            order_id,
+                            line_statuses: Vec::new(),
+                            failure: Some("the order saga failed".into()),
+                        })
+                        .await;
+                    if let Err(e) = compensated {
+                        tracing::warn!(order_id, error = %e, "compensating a failed saga failed; the next start will");
+                    }
+                });
+            }),
+        )
+        .await?;
         Ok(Self { inner, supervisor })
     }
 
