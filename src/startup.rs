@@ -77,6 +77,8 @@ pub struct Application {
     committer_task: tokio::task::JoinHandle<()>,
     /// Redis mode: the stream-to-database writer of coupon issues.
     issue_writer: Option<IssueWriter>,
+    /// Lifetime of an unconfirmed reservation, for the sweeper.
+    reservation_ttl: Duration,
 }
 
 impl Application {
@@ -234,6 +236,7 @@ impl Application {
             stop,
             committer_task,
             issue_writer,
+            reservation_ttl: config.reservation_ttl,
         })
     }
 
@@ -264,6 +267,7 @@ impl Application {
             stop,
             committer_task,
             issue_writer,
+            reservation_ttl,
         } = self;
         let stopping = {
             let mut rx = stop.subscribe();
@@ -278,7 +282,10 @@ impl Application {
             signal_stop.send_replace(true);
         });
         let purge = tokio::spawn(purge_sessions(state.db.clone()));
-        let sweeper = tokio::spawn(sweep_reservations(state.orders.committer.clone()));
+        let sweeper = tokio::spawn(sweep_reservations(
+            state.orders.committer.clone(),
+            reservation_ttl,
+        ));
 
         let admin_task = admin_listener.map(|admin| {
             let router = surge_http::admin_router(state.clone());
@@ -354,12 +361,16 @@ async fn wait_for_signal() {
     }
 }
 
-async fn sweep_reservations(committer: GroupCommitter) {
+async fn sweep_reservations(committer: GroupCommitter, ttl: Duration) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match committer.release_expired().await {
+        // A saga reserves within half the reservation lifetime and then confirms; an order
+        // still PROCESSING two lifetimes after it began cannot succeed any more.
+        let stale_before =
+            now_millis() - 2 * i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
+        match committer.release_expired(stale_before).await {
             Ok(n) if n > 0 => tracing::info!(released = n, "released expired reservations"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reservation sweep failed"),

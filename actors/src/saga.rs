@@ -53,6 +53,9 @@ pub enum SagaOutcome {
     Failed(i64, String),
     /// The coupon could not be used; nothing was written.
     CouponRefused(CouponProblem),
+    /// Every line was reserved but the final write's outcome is unknown: the order is
+    /// SUCCEEDED, or still PROCESSING and failed later by the sweeper.
+    Undetermined(i64, String),
 }
 
 /// Why an order's coupon could not be used.
@@ -539,15 +542,28 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
     //    gives it back in the same transaction that fails or cancels the order.
     // 5. Confirm: SUCCEEDED, reservations CONFIRMED and the outbox event in one transaction.
     set_step(inner, order_id, Some("confirming"));
-    let resolved = inner
-        .committer
-        .resolve(OrderResolution {
-            order_id,
-            line_statuses: Vec::new(),
-            failure: None,
-        })
-        .await;
-    observe(inner, &resolved);
+    // The confirmation is idempotent (it only moves a PROCESSING order and HELD reservations),
+    // so a write whose commit is in doubt is simply made again; a repeat of one that did
+    // commit answers AlreadyFinal and the order is read back.
+    let deadline = tokio::time::Instant::now() + inner.reserve_deadline;
+    let resolved = retry(
+        &inner.retry,
+        deadline,
+        |e: &PersistenceError| !matches!(e, PersistenceError::Closed),
+        |_| async {
+            let resolved = inner
+                .committer
+                .resolve(OrderResolution {
+                    order_id,
+                    line_statuses: Vec::new(),
+                    failure: None,
+                })
+                .await;
+            observe(inner, &resolved);
+            resolved
+        },
+    )
+    .await;
     match resolved {
         Ok(ResolveOutcome::Succeeded) => {
             let _ = inner.events.send(OrderEvent {
@@ -565,9 +581,9 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
         }
         Ok(ResolveOutcome::AlreadyFinal) => SagaOutcome::Replay(order_id),
         Err(e) => {
-            // Unknown whether it committed; the reservations expire if it did not, and the
-            // order is compensated at the next start if it stays PROCESSING.
-            SagaOutcome::Failed(order_id, e.to_string())
+            // Still unknown whether it committed. If it did not, the sweeper fails the order
+            // (and releases its units) once it is stale; the client is told to look again.
+            SagaOutcome::Undetermined(order_id, e.to_string())
         }
     }
 }

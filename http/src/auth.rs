@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -18,6 +16,7 @@ use surge_domain::{Role, UserId};
 use surge_persistence::now_millis;
 
 use crate::error::ApiError;
+use crate::password::{PasswordWorkers, hash_now};
 
 /// Lifetime of an access token. Short, because a stolen one works until it expires unless its
 /// login is revoked; it is also how long a revocation must stay on the denylist.
@@ -90,6 +89,8 @@ pub struct AuthService {
     revoked_sessions: RwLock<HashMap<String, i64>>,
     /// A real hash verified when the login id is unknown, so both failures cost the same time.
     dummy_hash: String,
+    /// The threads that hash and verify passwords.
+    passwords: PasswordWorkers,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -110,13 +111,15 @@ impl AuthService {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = CLOCK_LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let dummy_hash = hash_password_blocking("dummy password for timing")?;
+        let dummy_hash = hash_now("dummy password for timing")?;
+        let passwords = PasswordWorkers::start()?;
         Ok(Self {
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
             validation,
             revoked_sessions: RwLock::new(revoked.into_iter().collect()),
             dummy_hash,
+            passwords,
         })
     }
 
@@ -188,43 +191,27 @@ impl AuthService {
 
     /// Hashes a password with argon2id on the blocking pool.
     pub async fn hash_password(&self, password: String) -> Result<String, ApiError> {
-        tokio::task::spawn_blocking(move || hash_password_blocking(&password))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)
+        self.passwords.hash(password).await
     }
 
     /// Checks a password against a stored hash, or against a dummy hash when there is none, so
     /// that an unknown login id and a wrong password take the same time.
-    pub async fn verify_password(&self, password: String, hash: Option<String>) -> bool {
+    /// Fails only when the hashing queue is full (503).
+    pub async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, ApiError> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false);
-        ok && known
+        let ok = self.passwords.verify(password, hash).await?;
+        Ok(ok && known)
     }
 }
 
 /// How long a revoked session must stay on the denylist, in milliseconds.
 pub fn denylist_horizon_millis() -> i64 {
     i64::try_from(ACCESS_TOKEN_TTL.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn hash_password_blocking(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// 256 random bits, URL-safe base64.

@@ -7,6 +7,7 @@ pub mod error;
 mod extract;
 pub mod item_cache;
 pub mod metrics;
+mod password;
 mod routes;
 mod state;
 mod time_fmt;

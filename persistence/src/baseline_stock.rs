@@ -4,7 +4,6 @@
 //! Every one of them writes the same `HELD` reservation row as the actor path, so confirmation,
 //! cancellation, expiry and the unit accounting are shared.
 
-use sqlx::Connection;
 
 use crate::{Backend, Database, PersistenceError, now_millis};
 
@@ -42,15 +41,7 @@ impl Database {
         deadline_at: i64,
     ) -> Result<BaselineReserve, PersistenceError> {
         let now = now_millis();
-        let mut conn = self.pool().acquire().await?;
-        // SQLite: take the write lock up front, as a conventional SQLite service would; a
-        // deferred transaction that upgrades later fails at once with SQLITE_BUSY instead of
-        // waiting its turn.
-        let mut tx = if self.backend() == Backend::Sqlite {
-            conn.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            conn.begin().await?
-        };
+        let mut tx = self.begin_write().await?;
         let taken = match guard {
             RowGuard::RowLock => {
                 let lock = if self.backend() == Backend::Postgres {

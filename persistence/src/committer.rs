@@ -39,7 +39,8 @@ pub enum Write {
         oneshot::Sender<Result<CancelOutcome, PersistenceError>>,
     ),
     /// The sweeper: release expired reservations.
-    ReleaseExpired(oneshot::Sender<Result<u64, PersistenceError>>),
+    /// Orders still PROCESSING that were created before the given Unix ms are failed too.
+    ReleaseExpired(i64, oneshot::Sender<Result<u64, PersistenceError>>),
     /// Coupon issues (embedded coupon actors, the Redis stream consumer); replies new rows.
     IssueCoupons(
         Vec<NewIssue>,
@@ -145,8 +146,11 @@ impl GroupCommitter {
     }
 
     /// Releases expired reservations and waits for the commit.
-    pub async fn release_expired(&self) -> Result<u64, PersistenceError> {
-        self.write(Write::ReleaseExpired).await
+    /// Orders still `PROCESSING` that were created before `stale_before` (Unix ms) can no
+    /// longer succeed (their reservations expired); they are failed in the same sweep.
+    pub async fn release_expired(&self, stale_before: i64) -> Result<u64, PersistenceError> {
+        self.write(|reply| Write::ReleaseExpired(stale_before, reply))
+            .await
     }
 
     /// Writes coupon issues (idempotently) and waits for the commit; returns the new rows.
@@ -186,7 +190,7 @@ fn reply(write: Write, outcome: Outcome) {
         (Write::Reserve(_, r), Outcome::Reserve(v)) => drop(r.send(Ok(v))),
         (Write::Resolve(_, r), Outcome::Resolve(v)) => drop(r.send(Ok(v))),
         (Write::Cancel(_, r), Outcome::Cancel(v)) => drop(r.send(Ok(v))),
-        (Write::ReleaseExpired(r), Outcome::Released(v)) => drop(r.send(Ok(v))),
+        (Write::ReleaseExpired(_, r), Outcome::Released(v)) => drop(r.send(Ok(v))),
         (Write::IssueCoupons(_, r), Outcome::Issued(v)) => drop(r.send(Ok(v))),
         (write, _) => fail(write, &PersistenceError::Batch("mismatched outcome".into())),
     }
@@ -199,7 +203,7 @@ fn fail(write: Write, err: &PersistenceError) {
         Write::Reserve(_, r) => drop(r.send(Err(err()))),
         Write::Resolve(_, r) => drop(r.send(Err(err()))),
         Write::Cancel(_, r) => drop(r.send(Err(err()))),
-        Write::ReleaseExpired(r) => drop(r.send(Err(err()))),
+        Write::ReleaseExpired(_, r) => drop(r.send(Err(err()))),
         Write::IssueCoupons(_, r) => drop(r.send(Err(err()))),
     }
 }
@@ -214,8 +218,10 @@ async fn apply(
         Write::Reserve(batch, _) => Outcome::Reserve(orders::reserve(conn, batch, now).await?),
         Write::Resolve(r, _) => Outcome::Resolve(orders::resolve_order(conn, r, now).await?),
         Write::Cancel(id, _) => Outcome::Cancel(orders::cancel_order(conn, *id, now).await?),
-        Write::ReleaseExpired(_) => {
-            Outcome::Released(orders::release_expired(conn, now, SWEEP_LIMIT).await?)
+        Write::ReleaseExpired(stale_before, _) => {
+            let released = orders::release_expired(conn, now, SWEEP_LIMIT).await?;
+            let failed = orders::fail_stale(conn, *stale_before, now, SWEEP_LIMIT).await?;
+            Outcome::Released(released + failed)
         }
         Write::IssueCoupons(issues, _) => {
             Outcome::Issued(coupons::insert_issues(conn, issues).await?)
@@ -287,7 +293,7 @@ async fn commit(
     let Some(c) = conn.as_mut() else {
         return Some((writes, PersistenceError::Closed));
     };
-    let mut tx = match c.begin().await {
+    let mut tx = match c.begin_with(db.begin_write_statement()).await {
         Ok(tx) => tx,
         Err(e) => return Some((writes, e.into())),
     };

@@ -119,6 +119,25 @@ impl Database {
         self.backend
     }
 
+    /// The statement that opens a transaction that will write. SQLite's default (deferred)
+    /// transaction takes the write lock only at its first write, and if another connection
+    /// holds it then, a transaction that already read fails at once with "database is locked"
+    /// (waiting could deadlock); `BEGIN IMMEDIATE` takes the lock first and waits its turn
+    /// under the busy timeout instead.
+    pub(crate) fn begin_write_statement(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+
+    /// Starts a transaction that will write (see [`Self::begin_write_statement`]).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.pool.begin_with(self.begin_write_statement()).await
+    }
+
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), PersistenceError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

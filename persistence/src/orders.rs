@@ -537,6 +537,33 @@ pub(crate) async fn cancel_order(
     Ok(CancelOutcome::Cancelled)
 }
 
+/// Fails orders left `PROCESSING` since before `stale_before` (their saga died or lost track
+/// of its last write): releases what they hold and gives their coupon back, like any failure.
+/// Returns how many.
+pub(crate) async fn fail_stale(
+    conn: &mut AnyConnection,
+    stale_before: i64,
+    now: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let stale: Vec<(i64,)> = sqlx::query_as(
+        "SELECT id FROM orders WHERE status = 'PROCESSING' AND created_at < $1 LIMIT $2",
+    )
+    .bind(stale_before)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut failed = 0;
+    for (order_id,) in stale {
+        if fail_order(conn, order_id, &[], "not completed in time", now).await?
+            == ResolveOutcome::Failed
+        {
+            failed += 1;
+        }
+    }
+    Ok(failed)
+}
+
 /// Releases HELD reservations past their deadline; returns how many.
 pub(crate) async fn release_expired(
     conn: &mut AnyConnection,

@@ -37,7 +37,7 @@ impl Database {
         now: i64,
         expires_at: i64,
     ) -> Result<(), PersistenceError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO auth_sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
@@ -72,7 +72,7 @@ impl Database {
         now: i64,
         new_expires_at: i64,
     ) -> Result<Rotation, PersistenceError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let spent = sqlx::query(
             "UPDATE refresh_tokens SET rotated_at = $1 \
              WHERE token_hash = $2 AND rotated_at IS NULL AND expires_at > $1",
@@ -137,7 +137,7 @@ impl Database {
 
     /// Revokes a session (logout): its refresh tokens and access tokens stop working.
     pub async fn revoke_session(&self, session_id: &str, now: i64) -> Result<(), PersistenceError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         revoke_in(&mut tx, session_id, now).await?;
         tx.commit().await?;
         Ok(())
@@ -160,7 +160,7 @@ impl Database {
 
     /// Deletes sessions and refresh tokens whose refresh lifetime ended before `before`.
     pub async fn purge_expired_sessions(&self, before: i64) -> Result<u64, PersistenceError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "DELETE FROM refresh_tokens WHERE session_id IN \
              (SELECT id FROM auth_sessions WHERE expires_at < $1)",

@@ -26,7 +26,7 @@ impl Database {
         owner: &str,
     ) -> Result<Option<AllotmentClaim>, PersistenceError> {
         let now = now_millis();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let item: Option<(String, i64)> =
             sqlx::query_as("SELECT name, price FROM items WHERE id = $1")
                 .bind(item_id)
@@ -79,7 +79,7 @@ impl Database {
         want: i64,
     ) -> Result<(i64, i64), PersistenceError> {
         let now = now_millis();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
             .bind(item_id)
             .fetch_one(&mut *tx)
@@ -134,7 +134,7 @@ impl Database {
     /// reserved) to the items, and bumps the epochs so nothing that process wrote late can land.
     pub async fn reclaim_allotments(&self, owner: &str) -> Result<u64, PersistenceError> {
         let now = now_millis();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE items SET available = available + \
                (SELECT units FROM stock_allotments a WHERE a.item_id = items.id), updated_at = $1 \
@@ -163,7 +163,7 @@ impl Database {
         epoch: i64,
     ) -> Result<i64, PersistenceError> {
         let now = now_millis();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_write().await?;
         let units: Option<(i64,)> =
             sqlx::query_as("SELECT units FROM stock_allotments WHERE item_id = $1 AND epoch = $2")
                 .bind(item_id)

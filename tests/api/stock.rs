@@ -104,6 +104,16 @@ async fn the_sweeper_releases_what_a_dead_saga_held(backend: Backend) {
     sqlx::query("INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
                  VALUES (987654, $1, 3, 'HELD', 0, $2, $2, $2)")
         .bind(item).bind(past).execute(&mut conn).await.unwrap();
+    // ... and its order, left PROCESSING long ago.
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, total_price, discount, created_at, updated_at) \
+                 VALUES (987654, $1, 'PROCESSING', 30, 0, $2, $2)",
+    )
+    .bind(admin.user_id)
+    .bind(past)
+    .execute(&mut conn)
+    .await
+    .unwrap();
     assert_eq!(stock_of(&app, item).await, 7);
     let mut released = false;
     for _ in 0..50 {
@@ -120,6 +130,20 @@ async fn the_sweeper_releases_what_a_dead_saga_held(backend: Backend) {
             .await
             .unwrap();
     assert_eq!(status, "RELEASED");
+    let mut failed = false;
+    for _ in 0..50 {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM orders WHERE id = 987654")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if status == "FAILED" {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "the stale PROCESSING order was never failed");
+    assert_eq!(stock_of(&app, item).await, 10, "units are released once");
     let _ = conn.close().await;
 }
 

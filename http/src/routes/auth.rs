@@ -80,7 +80,7 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let user = state.db.user_by_login_id(&req.login_id).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
-    if !state.auth.verify_password(req.password, hash).await {
+    if !state.auth.verify_password(req.password, hash).await? {
         return Err(ApiError::InvalidCredentials);
     }
     let user = user.ok_or(ApiError::InvalidCredentials)?;

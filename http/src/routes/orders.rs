@@ -361,6 +361,10 @@ pub async fn create(
             details: None,
         }),
         SagaOutcome::CouponRefused(problem) => Err(coupon_refusal(problem)),
+        SagaOutcome::Undetermined(id, cause) => {
+            tracing::warn!(order_id = id, %cause, "order outcome unknown; answering 202");
+            Ok(still_processing(&state, id).await)
+        }
         SagaOutcome::Failed(id, cause) => {
             tracing::warn!(order_id = id, %cause, "order failed on a dependency");
             Err(ApiError::Overloaded {
