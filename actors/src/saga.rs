@@ -12,7 +12,7 @@ use surge_domain::DiscountRate;
 use surge_persistence::committer::GroupCommitter;
 use surge_persistence::coupons::CouponRefusal;
 use surge_persistence::orders::{
-    BeginOutcome, NewOrder, NewOrderLine, OrderResolution, ResolveOutcome, line_status,
+    BeginOutcome, NewOrder, NewOrderLine, OrderResolution, Refusal, ResolveOutcome, line_status,
 };
 use surge_persistence::{Database, PersistenceError};
 use surge_supervisors::{CircuitBreaker, RetryPolicy, retry};
@@ -413,6 +413,27 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
             }
         }
     };
+    // A line whose item is known sold out right now: the order is written FAILED at once, in
+    // one write, with nothing reserved. Under a flash sale this is the losers' path.
+    let sold_out: Vec<bool> = request
+        .lines
+        .iter()
+        .map(|&(item_id, _)| inner.baseline.is_none() && inner.stock.known_sold_out(item_id))
+        .collect();
+    let refused = sold_out.contains(&true).then(|| Refusal {
+        line_statuses: sold_out
+            .iter()
+            .map(|&gone| {
+                if gone {
+                    line_status::OUT_OF_STOCK
+                } else {
+                    line_status::RELEASED
+                }
+            })
+            .collect(),
+        reason: "not enough stock".into(),
+    });
+    let born_failed = refused.is_some();
     let order = NewOrder {
         id: order_id,
         user_id: request.user_id,
@@ -421,6 +442,7 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
         total_price: total - discount,
         discount,
         idempotency: request.idempotency.clone(),
+        refused,
     };
     // 2. Record the order (and claim the idempotency key) before touching stock.
     let begun = inner.committer.begin_order(order).await;
@@ -448,6 +470,13 @@ async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaO
             });
         }
         Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
+    }
+    if born_failed {
+        let _ = inner.events.send(OrderEvent {
+            order_id,
+            status: "FAILED",
+        });
+        return SagaOutcome::OutOfStock(order_id);
     }
     let _ = inner.events.send(OrderEvent {
         order_id,

@@ -79,6 +79,9 @@ pub enum ReserveError {
 /// Counters an actor shares with the admin endpoint.
 #[derive(Debug, Default)]
 pub struct StockStats {
+    /// Unix ms until which the item is known sold out (allotment empty, row seen empty): a
+    /// saga reading it may fail an order without asking the actor or the database.
+    sold_out_until: AtomicI64,
     allotment: AtomicI64,
     pending: AtomicUsize,
     last_flush_at: AtomicI64,
@@ -190,8 +193,16 @@ impl StockActor {
             .check_out_units(state.item_id, state.epoch, want)
             .await
         {
-            Ok((moved, _left)) => {
+            Ok((moved, left)) => {
                 state.allotment += moved;
+                state.row_empty_since = (left == 0).then(tokio::time::Instant::now);
+                let until = if left == 0 && state.allotment == 0 {
+                    now_millis()
+                        + i64::try_from(self.config.sold_out_recheck.as_millis()).unwrap_or(0)
+                } else {
+                    0
+                };
+                state.stats.sold_out_until.store(until, Ordering::Relaxed);
                 Ok(())
             }
             Err(PersistenceError::Conflict) => Err(ReserveError::Unavailable(
@@ -243,7 +254,12 @@ impl Actor for StockActor {
                     let _ = reply.send(Err(ReserveError::Unavailable("shutting down".into())));
                     return Ok(());
                 }
+                // The row was seen empty a moment ago: refuse from memory, no database trip.
+                let row_known_empty = state
+                    .row_empty_since
+                    .is_some_and(|t| t.elapsed() < self.config.sold_out_recheck);
                 if state.allotment < quantity
+                    && !row_known_empty
                     && let Err(e) = self.check_out(state, quantity - state.allotment).await
                 {
                     let _ = reply.send(Err(e));
@@ -295,6 +311,7 @@ impl Actor for StockActor {
                     Err(e) => {
                         // Nothing was written: the units are still ours to sell.
                         state.allotment += batch.iter().map(|p| p.quantity).sum::<i64>();
+                        state.stats.sold_out_until.store(0, Ordering::Relaxed);
                         for p in batch {
                             let _ = p.reply.send(Err(ReserveError::Unavailable(e.to_string())));
                         }
@@ -313,7 +330,10 @@ impl Actor for StockActor {
                     myself.stop(Some("drained".into()));
                 }
             }
-            StockMsg::Replenished => state.row_empty_since = None,
+            StockMsg::Replenished => {
+                state.row_empty_since = None;
+                state.stats.sold_out_until.store(0, Ordering::Relaxed);
+            }
             StockMsg::IdleCheck => {
                 let idle = state.last_activity.elapsed() >= self.config.passivate_after;
                 if idle
@@ -605,6 +625,17 @@ impl StockActors {
             Err(ReserveError::ItemNotFound) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the item is known to be sold out right now (its actor saw the row empty within
+    /// the recheck window and holds no units), without asking anyone.
+    pub fn known_sold_out(&self, item_id: i64) -> bool {
+        self.slots
+            .0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&item_id).cloned())
+            .is_some_and(|slot| slot.stats.sold_out_until.load(Ordering::Relaxed) > now_millis())
     }
 
     /// Tells an item's actor that units went back to its row.

@@ -4,7 +4,6 @@
 //! Every one of them writes the same `HELD` reservation row as the actor path, so confirmation,
 //! cancellation, expiry and the unit accounting are shared.
 
-
 use crate::{Backend, Database, PersistenceError, now_millis};
 
 /// The outcome of one baseline reservation.

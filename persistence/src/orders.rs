@@ -60,6 +60,18 @@ pub struct NewOrder {
     pub discount: i64,
     /// Idempotency key and request hash, when the client sent a key.
     pub idempotency: Option<(String, String)>,
+    /// Set when the order is refused before anything is reserved (a line's item is known to
+    /// be sold out): it is written FAILED at once, in this one write, and takes no coupon.
+    pub refused: Option<Refusal>,
+}
+
+/// Why an order is written FAILED from the start.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// Status per line, by line index.
+    pub line_statuses: Vec<&'static str>,
+    /// The recorded reason.
+    pub reason: String,
 }
 
 /// Result of writing a new order.
@@ -245,6 +257,9 @@ pub(crate) async fn begin_order(
             });
         }
     }
+    if let Some(refused) = &order.refused {
+        return write_refused(conn, order, refused, now).await;
+    }
     if let Some(coupon_id) = order.coupon_id
         && let Err(refusal) =
             coupons::take_for_order(conn, coupon_id, order.user_id, order.id).await?
@@ -277,6 +292,49 @@ pub(crate) async fn begin_order(
         .execute(&mut *conn)
         .await?;
     }
+    Ok(BeginOutcome::Created)
+}
+
+/// Writes an order that is FAILED from the start, with its lines and its outbox event.
+async fn write_refused(
+    conn: &mut AnyConnection,
+    order: &NewOrder,
+    refused: &Refusal,
+    now: i64,
+) -> Result<BeginOutcome, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, failure_reason, created_at, updated_at) \
+         VALUES ($1, $2, 'FAILED', $3, $4, $5, $6, $7, $7)",
+    )
+    .bind(order.id)
+    .bind(order.user_id)
+    .bind(order.coupon_id)
+    .bind(order.total_price)
+    .bind(order.discount)
+    .bind(&refused.reason)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    for (line_no, line) in order.lines.iter().enumerate() {
+        let status = refused
+            .line_statuses
+            .get(line_no)
+            .copied()
+            .unwrap_or(line_status::RELEASED);
+        sqlx::query(
+            "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(order.id)
+        .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
+        .bind(line.item_id)
+        .bind(line.quantity)
+        .bind(line.unit_price)
+        .bind(status)
+        .execute(&mut *conn)
+        .await?;
+    }
+    outbox(conn, order.id, status::FAILED, now).await?;
     Ok(BeginOutcome::Created)
 }
 

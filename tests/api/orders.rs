@@ -84,6 +84,13 @@ on_both_backends! {
         let sold = app.count("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations \
              WHERE status = 'CONFIRMED' AND item_id = $1", item).await;
         assert_eq!(sold, UNITS);
+        // Once sold out, a refusal is recorded as a FAILED order with the line's reason.
+        let late = order(&app, &buyers[0], json!([{ "itemId": item, "quantity": 1 }])).await;
+        assert_error(&late, 409, "OUT_OF_STOCK");
+        assert_eq!(late.1["details"]["lines"][0]["status"], "OUT_OF_STOCK", "{}", late.1);
+        let id = late.1["details"]["orderId"].as_i64().unwrap();
+        let (_, stored) = send(app.get(&format!("/api/v1/orders/{id}")).bearer_auth(&buyers[0].access)).await;
+        assert_eq!(stored["status"], "FAILED", "{stored}");
     }
 
     async fn an_order_is_all_or_nothing(app: TestApp) {
