@@ -1,9 +1,10 @@
 use std::process::ExitCode;
 
-use surge::{Application, Config, telemetry};
-use surge_bench::{AdminCredentials, BenchOptions, EXIT_RUN_FAILED, EmbeddedNode};
+use surge::{Application, Config, StopHandle, telemetry};
+use surge_bench::{BenchCommand, EXIT_USAGE, LaunchError, Launcher};
+use tokio::task::JoinHandle;
 
-const USAGE: &str = "usage: surge [serve]\n       surge bench <scenario> [options]   (surge bench --help)\n\nConfiguration comes from SURGE_* environment variables; see README.md.";
+const USAGE: &str = "usage: surge [serve]\n       surge bench <scenario> [options]   (surge bench --help)\n       surge bench compare <scenario> [options]   (surge bench compare --help)\n\nConfiguration comes from SURGE_* environment variables; see README.md.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -43,66 +44,76 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `surge bench`: against `--url`, or against a node started here for the run.
+/// `surge bench`: against `--url`, or against a node started here for the run; `surge bench
+/// compare`: against a fresh node per stock strategy.
 async fn bench() -> ExitCode {
-    let options = match BenchOptions::parse_words(std::env::args().skip(2)) {
-        Ok(options) => options,
+    let command = match BenchCommand::parse_words(std::env::args().skip(2)) {
+        Ok(command) => command,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
-    let admin = options.admin_credentials();
-    let code = match &options.url {
-        Some(url) => surge_bench::run_and_print(&options, url, admin.as_ref()).await,
-        None => bench_embedded(&options, admin).await,
+    let code = match command {
+        BenchCommand::Run(options) => {
+            let admin = options.admin_credentials();
+            match &options.url {
+                Some(url) => surge_bench::run_and_print(&options, url, admin.as_ref()).await,
+                None => {
+                    quiet_node_logging();
+                    surge_bench::run_embedded(&options, admin, &InProcess).await
+                }
+            }
+        }
+        BenchCommand::Compare(options) => {
+            quiet_node_logging();
+            surge_bench::compare_and_print(&options, &InProcess).await
+        }
     };
     ExitCode::from(code)
 }
 
-/// Starts a node on a fresh temporary SQLite database and a loopback port, runs the bench
-/// against it, stops it and deletes its data.
-async fn bench_embedded(options: &BenchOptions, admin: Option<AdminCredentials>) -> u8 {
-    // The node's info lines would drown the progress bar; RUST_LOG still wins.
+/// The node's info lines would drown the progress bar and the report; RUST_LOG still wins.
+fn quiet_node_logging() {
     telemetry::init_logging("warn");
-    let node = EmbeddedNode::plan(admin);
-    let config =
-        match Config::from_lookup(|name| node.setting(name).or_else(|| std::env::var(name).ok())) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("surge bench: invalid configuration for the embedded node: {e}");
-                return 2;
-            }
-        };
-    let app = match Application::build(config).await {
-        Ok(app) => app,
-        Err(e) => {
-            eprintln!("surge bench: the embedded node could not start: {e}");
-            let _ = node.remove_data();
-            return EXIT_RUN_FAILED;
-        }
-    };
-    let url = match app.local_addr() {
-        Ok(addr) => format!("http://{addr}"),
-        Err(e) => {
-            eprintln!("surge bench: the embedded node has no address: {e}");
-            return EXIT_RUN_FAILED;
-        }
-    };
-    let stop = app.stop_handle();
-    let serving = tokio::spawn(app.run_until_stopped());
-    let code = surge_bench::run_and_print(options, &url, Some(&node.admin)).await;
-    stop.stop();
-    match serving.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("surge bench: the embedded node stopped with an error: {e}"),
-        Err(e) => eprintln!("surge bench: the embedded node failed: {e}"),
+}
+
+/// Starts the nodes of `surge bench` in this process, as `surge serve` would build them.
+#[derive(Debug)]
+struct InProcess;
+
+/// A node [`InProcess`] started: how to stop it, and the task serving it.
+#[derive(Debug)]
+struct Serving {
+    stop: StopHandle,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Launcher for InProcess {
+    type Running = Serving;
+
+    async fn start(
+        &self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Serving, String), LaunchError> {
+        let config = Config::from_lookup(lookup).map_err(|e| LaunchError::Config(e.to_string()))?;
+        let app = Application::build(config)
+            .await
+            .map_err(|e| LaunchError::Start(e.to_string()))?;
+        let addr = app
+            .local_addr()
+            .map_err(|e| LaunchError::Start(format!("it has no address: {e}")))?;
+        let stop = app.stop_handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        Ok((Serving { stop, task }, format!("http://{addr}")))
     }
-    if let Err(e) = node.remove_data() {
-        eprintln!(
-            "surge bench: could not remove {}: {e}",
-            node.data_dir.display()
-        );
+
+    async fn stop(&self, node: Serving) -> Result<(), String> {
+        node.stop.stop();
+        match node.task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("its task failed: {e}")),
+        }
     }
-    code
 }

@@ -1,5 +1,5 @@
 //! `surge bench` end to end: the real binary starts its own node, runs a small flash sale and
-//! prints the JSON report.
+//! prints the JSON report; `surge bench compare` does it once per stock strategy.
 
 #![allow(clippy::unwrap_used)]
 
@@ -92,6 +92,64 @@ fn a_small_embedded_flash_sale_reports_every_field_and_keeps_its_invariants() {
 }
 
 #[test]
+fn a_small_embedded_comparison_runs_each_strategy_on_its_own_node() {
+    const UNITS: u64 = 10;
+    const ATTEMPTS: u64 = 150;
+    const STRATEGIES: [&str; 2] = ["actor", "conditional-update"];
+    let started = Instant::now();
+    let out = surge_bench(&[
+        "compare",
+        "flash-sale",
+        "--json",
+        "--strategies",
+        &STRATEGIES.join(","),
+        "--users",
+        "10",
+        "--units",
+        &UNITS.to_string(),
+        "--attempts",
+        &ATTEMPTS.to_string(),
+        "--concurrency",
+        "8",
+        "--no-ceiling",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {stderr}",
+        out.status
+    );
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    let comparison: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(comparison["scenario"], "flash-sale");
+    assert_eq!(comparison["database"], "sqlite");
+    let runs = comparison["runs"].as_array().unwrap();
+    let table = comparison["table"].as_array().unwrap();
+    assert_eq!(runs.len(), STRATEGIES.len(), "{comparison}");
+    assert_eq!(table.len(), STRATEGIES.len(), "{comparison}");
+    for (i, strategy) in STRATEGIES.into_iter().enumerate() {
+        let (run, row) = (&runs[i], &table[i]);
+        assert_eq!(run["strategy"], strategy, "{comparison}");
+        assert_eq!(row["strategy"], strategy, "{comparison}");
+        assert_eq!(run["invariants_ok"], true, "{run}");
+        assert_eq!(row["invariants_ok"], true, "{row}");
+        // Each node started on its own fresh database: exactly its units sell.
+        assert_eq!(run["requests"], ATTEMPTS, "{run}");
+        assert_eq!(run["by_status"]["201"], UNITS, "{run}");
+        assert!(row["throughput_rps"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["p99_ms"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(row["ratio_to_actor"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    assert_ne!(runs[0]["url"], runs[1]["url"], "one node per strategy");
+    assert_eq!(table[0]["ratio_to_actor"], 1.0, "{comparison}");
+    assert_eq!(table[0]["p99_ratio_to_actor"], 1.0, "{comparison}");
+    eprintln!("embedded comparison took {:?}", started.elapsed());
+}
+
+#[test]
 fn bad_bench_options_exit_2_and_help_exits_0() {
     let out = surge_bench(&["flash-sale", "--rate", "0"])
         .output()
@@ -102,4 +160,15 @@ fn bad_bench_options_exit_2_and_help_exits_0() {
     let out = surge_bench(&["--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--concurrency"));
+    // The caller's environment is cleared, so there is no SURGE_REDIS_URL to fall back to.
+    let out = surge_bench(&["compare", "flash-sale", "--strategies", "redis-decr"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs Redis"));
+    let out = surge_bench(&["compare", "browse"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = surge_bench(&["compare", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--strategies"));
 }

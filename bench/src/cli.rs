@@ -1,11 +1,13 @@
-//! The command line of `surge bench`.
+//! The command line of `surge bench` and `surge bench compare`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
 
+use crate::compare::{StockScenario, Strategy};
 use crate::driver::{Extent, Pacing};
+use crate::error::BenchError;
 use crate::scenarios::{AdminCredentials, Scenario, ScenarioSize};
 
 /// Attempts of a run that gives neither `--attempts` nor `--duration`.
@@ -15,30 +17,38 @@ pub const DEFAULT_PLOT_RATES: [f64; 5] = [250.0, 500.0, 1_000.0, 2_000.0, 4_000.
 /// The environment variables the admin credentials fall back to (the node's own).
 pub const ADMIN_LOGIN_ID_VAR: &str = "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID";
 pub const ADMIN_PASSWORD_VAR: &str = "SURGE_BOOTSTRAP_ADMIN_PASSWORD";
+/// The node's Redis variable, which `--redis-url` of `compare` falls back to.
+pub const REDIS_URL_VAR: &str = "SURGE_REDIS_URL";
+/// The word after `surge bench` that selects the strategy comparison.
+pub const COMPARE_WORD: &str = "compare";
 
-/// Rehearse a sale against a Surge node and report throughput, latency and invariants.
-///
-/// Without --url, an embedded node is started in this process on a fresh temporary SQLite
-/// database and stopped afterwards. See docs/BENCH.md.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "surge bench", version = None)]
-pub struct BenchOptions {
-    /// What to run.
-    #[arg(value_enum)]
-    pub scenario: Scenario,
+/// What the words after `surge bench` ask for.
+#[derive(Debug, Clone)]
+pub enum BenchCommand {
+    /// `surge bench <scenario> …`: one run against one node.
+    Run(BenchOptions),
+    /// `surge bench compare <scenario> …`: one run per stock strategy, each on a fresh node.
+    Compare(CompareOptions),
+}
 
-    /// The node to drive, e.g. http://127.0.0.1:8080 (default: an embedded node).
-    #[arg(long)]
-    pub url: Option<String>,
+impl BenchCommand {
+    /// Parses the words after `surge bench`. On `--help` or a bad option clap has the text
+    /// to print and the exit code.
+    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
+        let mut words = words.into_iter().peekable();
+        if words.peek().is_some_and(|w| w == COMPARE_WORD) {
+            words.next();
+            CompareOptions::parse_words(words).map(Self::Compare)
+        } else {
+            BenchOptions::parse_words(words).map(Self::Run)
+        }
+    }
+}
 
-    /// ADMIN login id for creating items and coupons [default: $SURGE_BOOTSTRAP_ADMIN_LOGIN_ID].
-    #[arg(long)]
-    pub admin_login_id: Option<String>,
-
-    /// ADMIN password [default: $SURGE_BOOTSTRAP_ADMIN_PASSWORD].
-    #[arg(long)]
-    pub admin_password: Option<String>,
-
+/// The options of one measured run that a single bench and a comparison share: how the load
+/// is paced, how long it lasts, how big the scenario is, and what is reported.
+#[derive(Debug, Clone, Args)]
+pub struct LoadOptions {
     /// Closed loop: requests in flight at once. With --rate: the cap on requests in flight.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub concurrency: u32,
@@ -64,15 +74,6 @@ pub struct BenchOptions {
     #[arg(long)]
     pub json: bool,
 
-    /// flash-sale only: run one open-loop step per --plot-rates and draw p50/p90/p99 against
-    /// offered load into this SVG file.
-    #[arg(long, conflicts_with = "rate")]
-    pub plot: Option<PathBuf>,
-
-    /// Offered loads of the --plot steps, requests per second, comma-separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_rate, requires = "plot")]
-    pub plot_rates: Vec<f64>,
-
     /// Members that take part (signed up and logged in before the run).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub users: u32,
@@ -80,10 +81,6 @@ pub struct BenchOptions {
     /// flash-sale: units of the item on sale.
     #[arg(long, default_value_t = 100)]
     pub units: u64,
-
-    /// coupon-rush: coupons to give out.
-    #[arg(long, default_value_t = 100)]
-    pub quantity: u64,
 
     /// orders and browse: items to create.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -98,27 +95,7 @@ pub struct BenchOptions {
     pub ceiling_duration: Duration,
 }
 
-impl BenchOptions {
-    /// Parses the words after `surge bench`. On `--help` or a bad option clap has the text
-    /// to print and the exit code.
-    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
-        Self::try_parse_from(std::iter::once("surge bench".to_owned()).chain(words))
-    }
-
-    /// The ADMIN to log in as: the options, else the node's bootstrap variables.
-    pub fn admin_credentials(&self) -> Option<AdminCredentials> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        let login_id = self
-            .admin_login_id
-            .clone()
-            .or_else(|| env(ADMIN_LOGIN_ID_VAR))?;
-        let password = self
-            .admin_password
-            .clone()
-            .or_else(|| env(ADMIN_PASSWORD_VAR))?;
-        Some(AdminCredentials { login_id, password })
-    }
-
+impl LoadOptions {
     pub fn pacing(&self) -> Pacing {
         let concurrency = self.concurrency as usize;
         match self.rate {
@@ -137,14 +114,80 @@ impl BenchOptions {
         }
     }
 
-    pub fn size(&self) -> ScenarioSize {
+    /// The scenario's sizes, with `quantity` coupons for a coupon rush.
+    pub fn size(&self, quantity: u64) -> ScenarioSize {
         ScenarioSize {
             members: self.users as usize,
             units: self.units,
-            quantity: self.quantity,
+            quantity,
             items: self.items as usize,
             seed: self.seed,
         }
+    }
+}
+
+/// Rehearse a sale against a Surge node and report throughput, latency and invariants.
+///
+/// Without --url, an embedded node is started in this process on a fresh temporary SQLite
+/// database and stopped afterwards. `surge bench compare --help` describes the comparison of
+/// stock strategies. See docs/BENCH.md.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "surge bench", version = None)]
+pub struct BenchOptions {
+    /// What to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// The node to drive, e.g. http://127.0.0.1:8080 (default: an embedded node).
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// ADMIN login id for creating items and coupons [default: $SURGE_BOOTSTRAP_ADMIN_LOGIN_ID].
+    #[arg(long)]
+    pub admin_login_id: Option<String>,
+
+    /// ADMIN password [default: $SURGE_BOOTSTRAP_ADMIN_PASSWORD].
+    #[arg(long)]
+    pub admin_password: Option<String>,
+
+    #[command(flatten)]
+    pub load: LoadOptions,
+
+    /// flash-sale only: run one open-loop step per --plot-rates and draw p50/p90/p99 against
+    /// offered load into this SVG file.
+    #[arg(long, conflicts_with = "rate")]
+    pub plot: Option<PathBuf>,
+
+    /// Offered loads of the --plot steps, requests per second, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate, requires = "plot")]
+    pub plot_rates: Vec<f64>,
+
+    /// coupon-rush: coupons to give out.
+    #[arg(long, default_value_t = 100)]
+    pub quantity: u64,
+}
+
+impl BenchOptions {
+    /// Parses the words after `surge bench` (a scenario, not `compare`).
+    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
+        Self::try_parse_from(std::iter::once("surge bench".to_owned()).chain(words))
+    }
+
+    /// The ADMIN to log in as: the options, else the node's bootstrap variables.
+    pub fn admin_credentials(&self) -> Option<AdminCredentials> {
+        let login_id = self
+            .admin_login_id
+            .clone()
+            .or_else(|| env(ADMIN_LOGIN_ID_VAR))?;
+        let password = self
+            .admin_password
+            .clone()
+            .or_else(|| env(ADMIN_PASSWORD_VAR))?;
+        Some(AdminCredentials { login_id, password })
+    }
+
+    pub fn size(&self) -> ScenarioSize {
+        self.load.size(self.quantity)
     }
 
     /// The offered loads of `--plot`.
@@ -155,6 +198,80 @@ impl BenchOptions {
             self.plot_rates.clone()
         }
     }
+}
+
+/// Run a scenario once per stock strategy, each against a fresh node of its own on a fresh
+/// database, one after another, and set throughput and p99 side by side with the actor path.
+///
+/// Every run gets the same options; only SURGE_STOCK_STRATEGY differs. See docs/BENCH.md.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "surge bench compare", version = None)]
+pub struct CompareOptions {
+    /// What to run (the scenarios that take stock).
+    #[arg(value_enum)]
+    pub scenario: StockScenario,
+
+    /// Strategies to run, in this order, comma-separated [default: actor, row-lock,
+    /// conditional-update, and redis-decr when a Redis URL is known].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub strategies: Vec<Strategy>,
+
+    /// A PostgreSQL server (postgres://user@host:port/maintenance-db): every run gets a new
+    /// database on it, dropped afterwards [default: a temporary SQLite file per run].
+    #[arg(long, value_parser = parse_postgres_url)]
+    pub database_url: Option<String>,
+
+    /// Redis for redis-decr (and every node's coupon store), e.g. redis://127.0.0.1:6379/9;
+    /// each run gets a fresh key prefix, deleted afterwards [default: $SURGE_REDIS_URL].
+    #[arg(long, value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    #[command(flatten)]
+    pub load: LoadOptions,
+}
+
+impl CompareOptions {
+    /// Parses the words after `surge bench compare`.
+    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
+        Self::try_parse_from(std::iter::once("surge bench compare".to_owned()).chain(words))
+    }
+
+    /// `--redis-url`, else `SURGE_REDIS_URL`.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_url.clone().or_else(|| env(REDIS_URL_VAR))
+    }
+
+    /// The strategies to run, in order: `--strategies`, else all those this set-up can run.
+    /// A strategy named twice, or `redis-decr` without a Redis URL, is a usage error.
+    pub fn strategies(&self) -> Result<Vec<Strategy>, BenchError> {
+        let has_redis = self.redis_url().is_some();
+        if self.strategies.is_empty() {
+            return Ok(Strategy::ALL
+                .into_iter()
+                .filter(|s| has_redis || !s.needs_redis())
+                .collect());
+        }
+        for (i, strategy) in self.strategies.iter().enumerate() {
+            if self.strategies[..i].contains(strategy) {
+                return Err(BenchError::Usage(format!(
+                    "--strategies names {} twice",
+                    strategy.name()
+                )));
+            }
+            if strategy.needs_redis() && !has_redis {
+                return Err(BenchError::Usage(format!(
+                    "{} needs Redis: pass --redis-url or set {REDIS_URL_VAR}",
+                    strategy.name()
+                )));
+            }
+        }
+        Ok(self.strategies.clone())
+    }
+}
+
+/// A non-blank environment variable.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// `250ms`, `30s`, `2m`, or a bare number of seconds.
@@ -189,6 +306,24 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A PostgreSQL server URL: `postgres://` or `postgresql://`.
+fn parse_postgres_url(text: &str) -> Result<String, String> {
+    if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(text.to_owned())
+    } else {
+        Err("must start with postgres:// or postgresql:// (SQLite is the default)".to_owned())
+    }
+}
+
+/// A Redis URL, as the node accepts it.
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    if text.starts_with("redis://") {
+        Ok(text.to_owned())
+    } else {
+        Err("must start with redis://".to_owned())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -196,6 +331,13 @@ mod tests {
 
     fn parse(words: &str) -> Result<BenchOptions, clap::Error> {
         BenchOptions::parse_words(words.split_whitespace().map(str::to_owned))
+    }
+
+    fn compare(words: &str) -> CompareOptions {
+        match BenchCommand::parse_words(words.split_whitespace().map(str::to_owned)).unwrap() {
+            BenchCommand::Compare(options) => options,
+            BenchCommand::Run(options) => panic!("not a comparison: {options:?}"),
+        }
     }
 
     #[test]
@@ -213,24 +355,24 @@ mod tests {
     fn defaults_make_a_closed_loop_of_ten_thousand_attempts() {
         let o = parse("flash-sale").unwrap();
         assert_eq!(o.scenario, Scenario::FlashSale);
-        assert_eq!(o.pacing(), Pacing::Closed { concurrency: 64 });
-        assert_eq!(o.extent(), Extent::Attempts(DEFAULT_ATTEMPTS));
-        assert!(o.url.is_none() && !o.json && o.plot.is_none());
+        assert_eq!(o.load.pacing(), Pacing::Closed { concurrency: 64 });
+        assert_eq!(o.load.extent(), Extent::Attempts(DEFAULT_ATTEMPTS));
+        assert!(o.url.is_none() && !o.load.json && o.plot.is_none());
     }
 
     #[test]
     fn rate_duration_and_requests_are_read() {
         let o = parse("browse --rate 500 --duration 10s --concurrency 8").unwrap();
         assert_eq!(
-            o.pacing(),
+            o.load.pacing(),
             Pacing::Open {
                 rate: 500.0,
                 max_in_flight: 8
             }
         );
-        assert_eq!(o.extent(), Extent::Duration(Duration::from_secs(10)));
+        assert_eq!(o.load.extent(), Extent::Duration(Duration::from_secs(10)));
         let o = parse("health --requests 500").unwrap();
-        assert_eq!(o.extent(), Extent::Attempts(500));
+        assert_eq!(o.load.extent(), Extent::Attempts(500));
         let o = parse("flash-sale --plot out.svg --plot-rates 100,200").unwrap();
         assert_eq!(o.plot_rates(), [100.0, 200.0]);
     }
@@ -247,6 +389,66 @@ mod tests {
             "checkout",
         ] {
             assert!(parse(words).is_err(), "{words}");
+        }
+    }
+
+    #[test]
+    fn compare_takes_the_shared_options_and_its_own() {
+        let o = compare(
+            "compare flash-sale --strategies actor,row-lock --units 7 --users 3 --attempts 50 \
+             --concurrency 4 --seed 9 --json --no-ceiling \
+             --database-url postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        assert_eq!(o.scenario, StockScenario::FlashSale);
+        assert_eq!(
+            o.strategies().unwrap(),
+            [Strategy::Actor, Strategy::RowLock]
+        );
+        assert_eq!(o.load.extent(), Extent::Attempts(50));
+        assert_eq!(o.load.pacing(), Pacing::Closed { concurrency: 4 });
+        assert!(o.load.json && o.load.no_ceiling);
+        let size = o.load.size(0);
+        assert_eq!((size.units, size.members, size.seed), (7, 3, 9));
+        assert!(o.database_url.is_some());
+        assert!(matches!(
+            BenchCommand::parse_words(["flash-sale".to_owned()]).unwrap(),
+            BenchCommand::Run(_)
+        ));
+    }
+
+    #[test]
+    fn compare_defaults_to_every_strategy_this_set_up_can_run() {
+        let with_redis = compare("compare orders --redis-url redis://127.0.0.1:6379/9");
+        assert_eq!(with_redis.strategies().unwrap(), Strategy::ALL);
+        // Without --redis-url it depends on SURGE_REDIS_URL, which the test does not control;
+        // the list is the three database strategies, plus redis-decr when the variable is set.
+        let plain = compare("compare orders");
+        let strategies = plain.strategies().unwrap();
+        assert_eq!(strategies[..3], Strategy::ALL[..3]);
+        assert_eq!(strategies.len() == 4, plain.redis_url().is_some());
+        if plain.redis_url().is_none() {
+            let redis_decr = compare("compare orders --strategies actor,redis-decr");
+            assert!(matches!(redis_decr.strategies(), Err(BenchError::Usage(_))));
+        }
+    }
+
+    #[test]
+    fn compare_refuses_what_it_cannot_run() {
+        let twice = compare("compare flash-sale --strategies actor,actor");
+        assert!(matches!(twice.strategies(), Err(BenchError::Usage(_))));
+        for words in [
+            "compare browse",
+            "compare coupon-rush",
+            "compare flash-sale --strategies actor,optimistic",
+            "compare flash-sale --database-url sqlite://x.db",
+            "compare flash-sale --redis-url http://127.0.0.1:6379",
+            "compare flash-sale --url http://127.0.0.1:8080",
+            "compare flash-sale --plot a.svg",
+        ] {
+            assert!(
+                BenchCommand::parse_words(words.split_whitespace().map(str::to_owned)).is_err(),
+                "{words}"
+            );
         }
     }
 }

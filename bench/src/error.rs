@@ -23,6 +23,12 @@ pub enum BenchError {
     /// A set-up or read-back request got an answer the run cannot go on with.
     #[error("{what}: {detail}")]
     Unexpected { what: String, detail: String },
+    /// A comparison's scratch database or Redis keys could not be made or removed.
+    #[error("{what}: {detail}")]
+    Scratch { what: String, detail: String },
+    /// The embedded node did not start.
+    #[error(transparent)]
+    Launch(#[from] crate::embedded::LaunchError),
     /// The plot could not be drawn or written.
     #[error("writing the plot {path}: {detail}")]
     Plot { path: String, detail: String },

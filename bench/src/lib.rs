@@ -1,13 +1,15 @@
 //! `surge bench`: drives a node over HTTP the way a sale would, and reports throughput,
 //! latency percentiles and whether the sale's invariants held, read back through the API.
 //!
-//! The parts: [`BenchOptions`] (the command line), the scenarios (what is created before the
+//! The parts: [`BenchCommand`] (the command line), the scenarios (what is created before the
 //! run and what one attempt sends), the driver (closed or open loop), the report, and
-//! [`run_scenario`], the one measured run that `--plot` repeats per offered load and that a
-//! comparison of configurations can repeat per node.
+//! [`run_scenario`], the one measured run that `--plot` repeats per offered load and that
+//! `surge bench compare` repeats per stock strategy, each time on a fresh node started through
+//! a [`Launcher`].
 
 mod api;
 mod cli;
+mod compare;
 mod concurrent;
 mod driver;
 mod embedded;
@@ -28,9 +30,13 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use api::Api;
-pub use cli::BenchOptions;
+pub use cli::{BenchCommand, BenchOptions, CompareOptions, LoadOptions};
+pub use compare::{Comparison, Row, StockScenario, Strategy, StrategyRun, compare_and_print};
 pub use driver::{Extent, Measurement, Pacing};
-pub use embedded::{DEFAULT_ADMIN_LOGIN_ID, EmbeddedNode};
+pub use embedded::{
+    DEFAULT_ADMIN_LOGIN_ID, EmbeddedNode, LaunchError, Launcher, NodeDatabase, RedisNamespace,
+    ScratchDatabase, with_node,
+};
 pub use error::BenchError;
 pub use invariants::InvariantCheck;
 pub use progress::Progress;
@@ -42,6 +48,8 @@ use scenarios::{HealthWorkload, Prepared};
 
 /// Exit code when the run finished but an invariant failed.
 pub const EXIT_INVARIANT_FAILED: u8 = 1;
+/// Exit code for bad options, or a setting the embedded node refuses.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code when the run could not finish (node unreachable, set-up refused, …).
 pub const EXIT_RUN_FAILED: u8 = 3;
 /// Length of each `--plot` step when neither `--duration` nor `--attempts` is given.
@@ -57,17 +65,12 @@ pub async fn run_and_print(
 ) -> u8 {
     match run(options, url, admin).await {
         Ok(report) => {
-            let text = if options.json {
+            let text = if options.load.json {
                 report.to_json() + "\n"
             } else {
                 report.to_text()
             };
-            let mut stdout = std::io::stdout().lock();
-            if stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-                .is_err()
-            {
+            if write_stdout(&text).is_err() {
                 return EXIT_RUN_FAILED;
             }
             if report.invariants_ok {
@@ -83,64 +86,129 @@ pub async fn run_and_print(
     }
 }
 
+/// Starts a node on a fresh temporary SQLite database through `launcher`, runs
+/// [`run_and_print`] against it, stops it and deletes its data. `admin` becomes the node's
+/// bootstrap ADMIN (a generated one when `None`).
+pub async fn run_embedded<L: Launcher>(
+    options: &BenchOptions,
+    admin: Option<AdminCredentials>,
+    launcher: &L,
+) -> u8 {
+    let node = EmbeddedNode::plan(admin);
+    let ran = with_node(launcher, &node, async |url, admin| {
+        run_and_print(options, url, Some(admin)).await
+    })
+    .await;
+    match ran {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("surge bench: {e}");
+            match e {
+                LaunchError::Config(_) => EXIT_USAGE,
+                LaunchError::Start(_) => EXIT_RUN_FAILED,
+            }
+        }
+    }
+}
+
 /// Runs what `options` describe against the node at `url` and returns the report.
 pub async fn run(
     options: &BenchOptions,
     url: &str,
     admin: Option<&AdminCredentials>,
 ) -> Result<Report, BenchError> {
+    let plot = options.plot.as_deref().map(|path| PlotPlan {
+        path,
+        rates: options.plot_rates(),
+    });
+    measure(
+        url,
+        options.scenario,
+        &options.load,
+        &options.size(),
+        admin,
+        plot,
+    )
+    .await
+}
+
+/// `--plot`: where the SVG goes and the offered loads of its steps.
+#[derive(Debug)]
+struct PlotPlan<'a> {
+    path: &'a Path,
+    rates: Vec<f64>,
+}
+
+/// Everything one report takes against the node at `url`: the readiness check, the members,
+/// the measured run (or the `--plot` steps) and the ceiling unless `--no-ceiling`.
+async fn measure(
+    url: &str,
+    scenario: Scenario,
+    load: &LoadOptions,
+    size: &ScenarioSize,
+    admin: Option<&AdminCredentials>,
+    plot: Option<PlotPlan<'_>>,
+) -> Result<Report, BenchError> {
     let api = Api::new(url)?;
     api.ready().await?;
-    let progress = Progress::new(options.json);
-    let size = options.size();
-    let mut cast = Cast::assemble(&api, options.scenario, &size, admin, &progress).await?;
-    let mut report = match &options.plot {
+    let progress = Progress::new(load.json);
+    let mut cast = Cast::assemble(&api, scenario, size, admin, &progress).await?;
+    let mut report = match plot {
         None => {
             run_scenario(
                 &api,
-                options.scenario,
-                &size,
+                scenario,
+                size,
                 &mut cast,
-                options.pacing(),
-                options.extent(),
+                load.pacing(),
+                load.extent(),
                 &progress,
             )
             .await?
         }
-        Some(path) => run_load_steps(&api, options, &size, &mut cast, path, &progress).await?,
+        Some(plot) => {
+            run_load_steps(&api, scenario, load, size, &mut cast, plot, &progress).await?
+        }
     };
-    if !options.no_ceiling && options.scenario != Scenario::Health {
-        let concurrency = options.concurrency as usize;
-        let ceiling = measure_ceiling(&api, concurrency, options.ceiling_duration, &progress).await;
+    if !load.no_ceiling && scenario != Scenario::Health {
+        let concurrency = load.concurrency as usize;
+        let ceiling = measure_ceiling(&api, concurrency, load.ceiling_duration, &progress).await;
         report.set_ceiling(&ceiling, concurrency);
     }
     Ok(report)
+}
+
+/// Writes `text` on stdout and flushes it.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
 }
 
 /// `--plot`: one open-loop run per offered load, the SVG of their percentiles, and the last
 /// run's report carrying every step and every step's invariants.
 async fn run_load_steps(
     api: &Api,
-    options: &BenchOptions,
+    scenario: Scenario,
+    load: &LoadOptions,
     size: &ScenarioSize,
     cast: &mut Cast,
-    path: &Path,
+    plot: PlotPlan<'_>,
     progress: &Progress,
 ) -> Result<Report, BenchError> {
-    let extent = match (options.duration, options.attempts) {
+    let extent = match (load.duration, load.attempts) {
         (None, None) => Extent::Duration(DEFAULT_PLOT_STEP),
-        _ => options.extent(),
+        _ => load.extent(),
     };
     let mut steps = Vec::new();
     let mut invariants = Vec::new();
     let mut last = None;
-    for rate in options.plot_rates() {
+    for rate in plot.rates {
         let pacing = Pacing::Open {
             rate,
-            max_in_flight: options.concurrency as usize,
+            max_in_flight: load.concurrency as usize,
         };
-        let report =
-            run_scenario(api, options.scenario, size, cast, pacing, extent, progress).await?;
+        let report = run_scenario(api, scenario, size, cast, pacing, extent, progress).await?;
         steps.push(report.as_step(rate));
         invariants.extend(report.invariants.iter().cloned().map(|mut c| {
             c.detail = format!("at {rate} req/s: {}", c.detail);
@@ -150,7 +218,7 @@ async fn run_load_steps(
     }
     let mut report = last.ok_or_else(|| BenchError::Usage("--plot-rates is empty".into()))?;
     plot::latency_against_load(
-        path,
+        plot.path,
         &format!(
             "surge bench {}: latency against offered load",
             report.scenario
