@@ -14,6 +14,6 @@ cli() { redis-cli -n "$db" "$@"; }
 sha=$(cli SCRIPT LOAD "$script")
 # Plenty left and already open, so every call takes the full path.
 cli HSET "$prefix:coupon:1" quantity 100000000 remaining 100000000 opens_at 0 >/dev/null
-redis-benchmark -n "$requests" -c "$clients" -P "$pipeline" -r 100000000 --dbnum "$db" -q \
+redis-benchmark -n "$requests" -c "$clients" -P "$pipeline" -r 100000000 --dbnum "$db" --csv \
   EVALSHA "$sha" 3 "$prefix:coupon:1" "$prefix:coupon:1:holders" "$prefix:coupon-issues" 1 __rand_int__ ""
 cli DEL "$prefix:coupon:1" "$prefix:coupon:1:holders" "$prefix:coupon-issues" >/dev/null
