@@ -328,7 +328,7 @@ async fn redis_batch(
                     Ok(RedisIssue::Unknown) => Err(CouponError::Unavailable(
                         "the coupon is not in Redis".into(),
                     )),
-                    Ok(a) => Ok(redis_outcome(a, key.as_deref(), coupon.opens_at)),
+                    Ok(a) => Ok(redis_outcome(a, key.as_deref(), coupon.def.opens_at)),
                     Err(e) => Err(CouponError::Unavailable(e.to_string())),
                 })
                 .collect()
@@ -351,9 +351,9 @@ impl CouponActor {
     /// was taken and is waiting for its batch.
     fn decide_embedded(state: &mut CouponState, call: &IssueCall) -> Option<IssueOutcome> {
         let now = now_millis();
-        if now < state.coupon.opens_at {
+        if now < state.coupon.def.opens_at {
             return Some(IssueOutcome::NotOpen {
-                opens_at: state.coupon.opens_at,
+                opens_at: state.coupon.def.opens_at,
             });
         }
         if let Some(h) = state.holders.get(&call.user_id) {
@@ -484,9 +484,9 @@ impl CouponActor {
         max_room_size: usize,
     ) -> Result<IssueOutcome, CouponError> {
         let now = now_millis();
-        if now < state.coupon.opens_at {
+        if now < state.coupon.def.opens_at {
             return Ok(IssueOutcome::NotOpen {
-                opens_at: state.coupon.opens_at,
+                opens_at: state.coupon.def.opens_at,
             });
         }
         let sold_out = state.sold_out;
@@ -579,9 +579,9 @@ impl Actor for CouponActor {
         if let CouponStore::Redis { redis, .. } = &self.store {
             redis.seed(&args.coupon, &holders).await?;
         }
-        let remaining = (args.coupon.quantity - issued).max(0);
+        let remaining = (args.coupon.def.quantity - issued).max(0);
         args.stats.remaining.store(remaining, Ordering::Relaxed);
-        let room = args.coupon.admit_per_second.map(|rate| {
+        let room = args.coupon.def.admit_per_second.map(|rate| {
             myself.send_interval(ADMIT_TICK, || CouponMsg::Admit);
             WaitingRoom {
                 // Rates are at most 100,000, exactly representable.

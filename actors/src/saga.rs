@@ -632,7 +632,7 @@ async fn coupon_discount(
         Err(CouponError::NotFound) => return Err(Ok(CouponProblem::NotFound)),
         Err(e) => return Err(Err(e.to_string())),
     };
-    let base = match coupon.item_id {
+    let base = match coupon.def.item_id {
         None => total,
         Some(item) => match lines.iter().find(|l| l.item_id == item) {
             Some(line) => line.unit_price.saturating_mul(line.quantity),
@@ -644,7 +644,7 @@ async fn coupon_discount(
         .ensure_recorded(coupon_id, user_id)
         .await
         .map_err(|e| Err(e.to_string()))?;
-    let rate = DiscountRate::from_tenths(u16::try_from(coupon.discount_tenths).unwrap_or(0));
+    let rate = DiscountRate::from_tenths(u16::try_from(coupon.def.discount_tenths).unwrap_or(0));
     Ok(rate.discount_on(base))
 }
 

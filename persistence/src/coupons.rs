@@ -12,8 +12,8 @@ pub mod issue_status {
     pub const USED: &str = "USED";
 }
 
-/// A coupon definition as the admin creates it.
-#[derive(Debug, Clone)]
+/// A coupon definition as the admin creates it (and as stored, with its id: [`CouponRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct NewCoupon {
     /// Unique name.
     pub name: String,
@@ -36,20 +36,9 @@ pub struct NewCoupon {
 pub struct CouponRecord {
     /// Id.
     pub id: i64,
-    /// Unique name.
-    pub name: String,
-    /// Free text.
-    pub description: String,
-    /// The item it discounts; `None` discounts the whole order.
-    pub item_id: Option<i64>,
-    /// Rate in tenths of a percent.
-    pub discount_tenths: i64,
-    /// How many may be issued.
-    pub quantity: i64,
-    /// Unix ms from which it may be issued.
-    pub opens_at: i64,
-    /// Waiting-room admission rate per second, if one fronts the coupon.
-    pub admit_per_second: Option<i64>,
+    /// The definition.
+    #[sqlx(flatten)]
+    pub def: NewCoupon,
 }
 
 const COUPON_COLUMNS: &str =

@@ -220,12 +220,12 @@ impl RedisCoupons {
             pipe.query_async::<()>(&mut conn).await?;
         }
         let issued = i64::try_from(holders.len()).unwrap_or(i64::MAX);
-        let remaining = coupon.quantity.saturating_sub(issued).max(0);
+        let remaining = coupon.def.quantity.saturating_sub(issued).max(0);
         redis::pipe()
             .atomic()
-            .hset_nx(&key, "quantity", coupon.quantity)
+            .hset_nx(&key, "quantity", coupon.def.quantity)
             .ignore()
-            .hset_nx(&key, "opens_at", coupon.opens_at)
+            .hset_nx(&key, "opens_at", coupon.def.opens_at)
             .ignore()
             .hset_nx(&key, "remaining", remaining)
             .ignore()

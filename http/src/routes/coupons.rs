@@ -75,14 +75,15 @@ impl CouponResponse {
     fn new(c: CouponRecord, remaining: i64) -> Self {
         Self {
             coupon_id: c.id,
-            name: c.name,
-            description: c.description,
-            item_id: c.item_id,
-            discount_rate: rate_of(c.discount_tenths).as_percent(),
-            quantity: c.quantity,
+            name: c.def.name,
+            description: c.def.description,
+            item_id: c.def.item_id,
+            discount_rate: rate_of(c.def.discount_tenths).as_percent(),
+            quantity: c.def.quantity,
             remaining,
-            opens_at: rfc3339(c.opens_at),
+            opens_at: rfc3339(c.def.opens_at),
             waiting_room: c
+                .def
                 .admit_per_second
                 .map(|admit_per_second| WaitingRoomSettings { admit_per_second }),
         }
@@ -244,7 +245,7 @@ pub async fn create(
     if let Err(e) = state.coupons.open(record.id).await {
         tracing::warn!(coupon = record.id, error = %e, "coupon created but not yet in service");
     }
-    let remaining = record.quantity;
+    let remaining = record.def.quantity;
     Ok((
         StatusCode::CREATED,
         Json(CouponResponse::new(record, remaining)),
