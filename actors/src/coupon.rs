@@ -836,11 +836,6 @@ impl CouponActors {
         })
     }
 
-    /// Whether Redis holds the live counts.
-    pub fn uses_redis(&self) -> bool {
-        matches!(self.store, CouponStore::Redis { .. })
-    }
-
     fn slot(&self, coupon_id: i64) -> Result<Arc<Slot>, CouponError> {
         let mut map = self
             .slots

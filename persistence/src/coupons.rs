@@ -222,16 +222,6 @@ impl Database {
         .await?)
     }
 
-    /// How many of this coupon are stored as issued.
-    pub async fn count_issues(&self, coupon_id: i64) -> Result<i64, PersistenceError> {
-        let (n,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM coupon_issues WHERE coupon_id = $1")
-                .bind(coupon_id)
-                .fetch_one(self.pool())
-                .await?;
-        Ok(n)
-    }
-
     /// One member's issue of one coupon.
     pub async fn issue_of(
         &self,

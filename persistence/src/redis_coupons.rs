@@ -421,12 +421,6 @@ impl IssueStream {
             .query_async::<()>(&mut conn)
             .await
     }
-
-    /// Entries read by some consumer and not yet acknowledged, plus entries not yet read.
-    pub async fn backlog(&self) -> Result<u64, RedisError> {
-        let mut conn = self.conn.clone();
-        conn.xlen(&self.stream).await
-    }
 }
 
 #[cfg(test)]
