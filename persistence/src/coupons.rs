@@ -41,6 +41,8 @@ pub struct CouponRecord {
     pub def: NewCoupon,
 }
 
+const ISSUE_COLUMNS: &str = "coupon_id, user_id, status, issued_at, idem_key";
+
 const COUPON_COLUMNS: &str =
     "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second";
 
@@ -213,10 +215,9 @@ impl Database {
         &self,
         coupon_id: i64,
     ) -> Result<Vec<IssueRecord>, PersistenceError> {
-        Ok(sqlx::query_as(
-            "SELECT coupon_id, user_id, status, issued_at, idem_key FROM coupon_issues \
-             WHERE coupon_id = $1",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ISSUE_COLUMNS} FROM coupon_issues WHERE coupon_id = $1"
+        )))
         .bind(coupon_id)
         .fetch_all(self.pool())
         .await?)
@@ -228,10 +229,9 @@ impl Database {
         coupon_id: i64,
         user_id: i64,
     ) -> Result<Option<IssueRecord>, PersistenceError> {
-        Ok(sqlx::query_as(
-            "SELECT coupon_id, user_id, status, issued_at, idem_key FROM coupon_issues \
-             WHERE coupon_id = $1 AND user_id = $2",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ISSUE_COLUMNS} FROM coupon_issues WHERE coupon_id = $1 AND user_id = $2"
+        )))
         .bind(coupon_id)
         .bind(user_id)
         .fetch_optional(self.pool())
@@ -244,10 +244,9 @@ impl Database {
         user_id: i64,
         key: &str,
     ) -> Result<Option<IssueRecord>, PersistenceError> {
-        Ok(sqlx::query_as(
-            "SELECT coupon_id, user_id, status, issued_at, idem_key FROM coupon_issues \
-             WHERE user_id = $1 AND idem_key = $2",
-        )
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ISSUE_COLUMNS} FROM coupon_issues WHERE user_id = $1 AND idem_key = $2"
+        )))
         .bind(user_id)
         .bind(key)
         .fetch_optional(self.pool())

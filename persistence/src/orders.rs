@@ -267,31 +267,7 @@ pub(crate) async fn begin_order(
         unclaim_key(conn, order).await?;
         return Ok(BeginOutcome::CouponRefused(refusal));
     }
-    sqlx::query(
-        "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, created_at, updated_at) \
-         VALUES ($1, $2, 'PROCESSING', $3, $4, $5, $6, $6)",
-    )
-    .bind(order.id)
-    .bind(order.user_id)
-    .bind(order.coupon_id)
-    .bind(order.total_price)
-    .bind(order.discount)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    for (line_no, line) in order.lines.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
-             VALUES ($1, $2, $3, $4, $5, 'PROCESSING')",
-        )
-        .bind(order.id)
-        .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
-        .bind(line.item_id)
-        .bind(line.quantity)
-        .bind(line.unit_price)
-        .execute(&mut *conn)
-        .await?;
-    }
+    insert_order(conn, order, None, now).await?;
     Ok(BeginOutcome::Created)
 }
 
@@ -302,25 +278,47 @@ async fn write_refused(
     refused: &Refusal,
     now: i64,
 ) -> Result<BeginOutcome, sqlx::Error> {
+    insert_order(conn, order, Some(refused), now).await?;
+    outbox(conn, order.id, status::FAILED, now).await?;
+    Ok(BeginOutcome::Created)
+}
+
+/// Inserts the order row and its lines: PROCESSING, or FAILED with the refusal's reason and
+/// line statuses.
+async fn insert_order(
+    conn: &mut AnyConnection,
+    order: &NewOrder,
+    refused: Option<&Refusal>,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let order_status = if refused.is_some() {
+        status::FAILED
+    } else {
+        status::PROCESSING
+    };
     sqlx::query(
         "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, failure_reason, created_at, updated_at) \
-         VALUES ($1, $2, 'FAILED', $3, $4, $5, $6, $7, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
     )
     .bind(order.id)
     .bind(order.user_id)
+    .bind(order_status)
     .bind(order.coupon_id)
     .bind(order.total_price)
     .bind(order.discount)
-    .bind(&refused.reason)
+    .bind(refused.map(|r| r.reason.as_str()))
     .bind(now)
     .execute(&mut *conn)
     .await?;
     for (line_no, line) in order.lines.iter().enumerate() {
-        let status = refused
-            .line_statuses
-            .get(line_no)
-            .copied()
-            .unwrap_or(line_status::RELEASED);
+        let line_state = match refused {
+            None => line_status::PROCESSING,
+            Some(r) => r
+                .line_statuses
+                .get(line_no)
+                .copied()
+                .unwrap_or(line_status::RELEASED),
+        };
         sqlx::query(
             "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -330,12 +328,11 @@ async fn write_refused(
         .bind(line.item_id)
         .bind(line.quantity)
         .bind(line.unit_price)
-        .bind(status)
+        .bind(line_state)
         .execute(&mut *conn)
         .await?;
     }
-    outbox(conn, order.id, status::FAILED, now).await?;
-    Ok(BeginOutcome::Created)
+    Ok(())
 }
 
 /// Undoes the idempotency claim `begin_order` made in this transaction.
