@@ -103,6 +103,44 @@ impl ApiError {
         Self::Internal(cause.to_string())
     }
 
+    /// A 409 refusal with its code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused {
+            status: StatusCode::CONFLICT,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// 422 `IDEMPOTENCY_KEY_REUSED`: the key belongs to another request.
+    pub fn idempotency_key_reused(message: impl Into<String>) -> Self {
+        Self::Refused {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// The same error with `details` attached (only refusals carry details).
+    pub fn with_details(self, details: Value) -> Self {
+        match self {
+            Self::Refused {
+                status,
+                code,
+                message,
+                ..
+            } => Self::Refused {
+                status,
+                code,
+                message,
+                details: Some(details),
+            },
+            other => other,
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Validation(_) | Self::BadRequest(_) => {

@@ -231,12 +231,9 @@ pub async fn create(
         })
         .await
         .map_err(|e| match e {
-            PersistenceError::Conflict => ApiError::Refused {
-                status: StatusCode::CONFLICT,
-                code: "DUPLICATE_COUPON_NAME",
-                message: "a coupon with this name exists".into(),
-                details: None,
-            },
+            PersistenceError::Conflict => {
+                ApiError::conflict("DUPLICATE_COUPON_NAME", "a coupon with this name exists")
+            }
             PersistenceError::NotFound => ApiError::NotFound("item"),
             other => other.into(),
         })?;
@@ -290,24 +287,15 @@ pub async fn issue(
         && let Some(first) = state.db.issue_by_key(user_id, key.as_str()).await?
         && first.coupon_id != id
     {
-        return Err(ApiError::Refused {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "IDEMPOTENCY_KEY_REUSED",
-            message: "this Idempotency-Key was used for another coupon".into(),
-            details: None,
-        });
+        return Err(ApiError::idempotency_key_reused(
+            "this Idempotency-Key was used for another coupon",
+        ));
     }
     let outcome = state
         .coupons
         .issue(id, user_id, key.map(|k| k.as_str().to_owned()))
         .await
         .map_err(coupon_error)?;
-    let refused = |code: &'static str, message: &str, details| ApiError::Refused {
-        status: StatusCode::CONFLICT,
-        code,
-        message: message.into(),
-        details,
-    };
     match outcome {
         IssueOutcome::Issued { issued_at } | IssueOutcome::Replayed { issued_at } => Ok((
             StatusCode::CREATED,
@@ -327,17 +315,16 @@ pub async fn issue(
             }),
         )
             .into_response()),
-        IssueOutcome::SoldOut => Err(refused("SOLD_OUT", "no coupons are left", None)),
-        IssueOutcome::AlreadyIssued => Err(refused(
+        IssueOutcome::SoldOut => Err(ApiError::conflict("SOLD_OUT", "no coupons are left")),
+        IssueOutcome::AlreadyIssued => Err(ApiError::conflict(
             "ALREADY_ISSUED",
             "you already hold this coupon",
-            None,
         )),
-        IssueOutcome::NotOpen { opens_at } => Err(refused(
+        IssueOutcome::NotOpen { opens_at } => Err(ApiError::conflict(
             "COUPON_NOT_OPEN",
             "this coupon cannot be issued yet",
-            Some(json!({ "opensAt": rfc3339(opens_at) })),
-        )),
+        )
+        .with_details(json!({ "opensAt": rfc3339(opens_at) }))),
     }
 }
 

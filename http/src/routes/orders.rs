@@ -354,12 +354,9 @@ pub async fn create(
         | SagaOutcome::OutOfStock(id)
         | SagaOutcome::ItemNotFound(id) => answer_for(load(&state, id).await?),
         SagaOutcome::Replay(id) => answer_when_final(&state, id, deadline).await,
-        SagaOutcome::KeyReused => Err(ApiError::Refused {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "IDEMPOTENCY_KEY_REUSED",
-            message: "this Idempotency-Key was used with a different request".into(),
-            details: None,
-        }),
+        SagaOutcome::KeyReused => Err(ApiError::idempotency_key_reused(
+            "this Idempotency-Key was used with a different request",
+        )),
         SagaOutcome::CouponRefused(problem) => Err(coupon_refusal(problem)),
         SagaOutcome::Undetermined(id, cause) => {
             tracing::warn!(order_id = id, %cause, "order outcome unknown; answering 202");
@@ -389,12 +386,7 @@ fn coupon_refusal(problem: CouponProblem) -> ApiError {
             "this coupon is for an item the order does not contain",
         ),
     };
-    ApiError::Refused {
-        status: StatusCode::CONFLICT,
-        code,
-        message: message.into(),
-        details: None,
-    }
+    ApiError::conflict(code, message)
 }
 
 fn order_id(raw: i64) -> Result<i64, ApiError> {
@@ -498,12 +490,11 @@ pub async fn cancel(
     if order.status == status::CANCELLED {
         Ok(Json(order.into()))
     } else {
-        Err(ApiError::Refused {
-            status: StatusCode::CONFLICT,
-            code: "ORDER_NOT_CANCELLABLE",
-            message: format!("an order in status {} cannot be cancelled", order.status),
-            details: Some(json!({ "status": order.status })),
-        })
+        Err(ApiError::conflict(
+            "ORDER_NOT_CANCELLABLE",
+            format!("an order in status {} cannot be cancelled", order.status),
+        )
+        .with_details(json!({ "status": order.status })))
     }
 }
 
