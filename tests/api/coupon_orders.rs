@@ -10,12 +10,8 @@ use crate::helpers::{TestApp, TestUser, assert_error, send};
 use crate::on_both_coupon_stores;
 
 async fn order(app: &TestApp, user: &TestUser, lines: Value, coupon: i64) -> (StatusCode, Value) {
-    send(
-        app.post("/api/v1/orders")
-            .bearer_auth(&user.access)
-            .json(&json!({ "lines": lines, "couponId": coupon })),
-    )
-    .await
+    app.place_order(user, json!({ "lines": lines, "couponId": coupon }))
+        .await
 }
 
 async fn my_coupon_status(app: &TestApp, user: &TestUser, coupon: i64) -> String {

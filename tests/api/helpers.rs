@@ -419,6 +419,16 @@ impl TestApp {
         n
     }
 
+    /// Places an order (`body` is the request JSON) as `user`.
+    pub async fn place_order(&self, user: &TestUser, body: Value) -> (StatusCode, Value) {
+        send(
+            self.post("/api/v1/orders")
+                .bearer_auth(&user.access)
+                .json(&body),
+        )
+        .await
+    }
+
     /// Creates an item as the admin and returns its JSON.
     pub async fn create_item(&self, admin: &TestUser, name: &str, price: i64, stock: i64) -> Value {
         let (status, body) = send(

@@ -6,12 +6,7 @@ use crate::helpers::{TestApp, TestUser, assert_error, send};
 use crate::on_both_backends;
 
 async fn order(app: &TestApp, user: &TestUser, lines: Value) -> (StatusCode, Value) {
-    send(
-        app.post("/api/v1/orders")
-            .bearer_auth(&user.access)
-            .json(&json!({ "lines": lines })),
-    )
-    .await
+    app.place_order(user, json!({ "lines": lines })).await
 }
 
 async fn stock_of(app: &TestApp, item: i64) -> i64 {

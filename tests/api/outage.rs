@@ -17,10 +17,9 @@ async fn the_database_breaker_opens_fails_fast_and_recovers() {
         .unwrap();
     let buyer = app.new_user().await;
     let buy = || {
-        send(
-            app.post("/api/v1/orders")
-                .bearer_auth(&buyer.access)
-                .json(&json!({ "lines": [{ "itemId": item, "quantity": 1 }] })),
+        app.place_order(
+            &buyer,
+            json!({ "lines": [{ "itemId": item, "quantity": 1 }] }),
         )
     };
     assert_eq!(buy().await.0, StatusCode::CREATED);

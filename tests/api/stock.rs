@@ -37,10 +37,9 @@ async fn passivation_gives_the_allotment_back(backend: Backend) {
         .unwrap();
     let buyer = app.new_user().await;
     let buy = || {
-        send(
-            app.post("/api/v1/orders")
-                .bearer_auth(&buyer.access)
-                .json(&json!({ "lines": [{ "itemId": item, "quantity": 2 }] })),
+        app.place_order(
+            &buyer,
+            json!({ "lines": [{ "itemId": item, "quantity": 2 }] }),
         )
     };
     assert_eq!(buy().await.0, StatusCode::CREATED);
