@@ -330,3 +330,51 @@ on_both_coupon_stores! {
         assert_eq!(queue_me(&app, &outsider, coupon).await["status"], "NOT_QUEUED");
     }
 }
+
+/// Redis loses the coupon (its keys deleted, as after a restart without persistence) and its
+/// script cache (`SCRIPT FLUSH`): the next issue re-seeds the coupon from the database,
+/// reloads the script, and the member issued before still holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_redis_forgot_is_seeded_again_from_the_database() {
+    let app = spawn(Store::Redis).await;
+    let admin = app.admin().await;
+    let coupon = create_coupon(
+        &app,
+        &admin,
+        json!({ "name": "Forgotten", "discountRate": 5, "quantity": 5 }),
+    )
+    .await["couponId"]
+        .as_i64()
+        .unwrap();
+    let members = app.members(3).await;
+    assert_eq!(
+        issue(&app, &members[0], coupon).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(stored_issues(&app, coupon, 1).await, 1);
+    let prefix = prefix_of(&app).unwrap();
+    let mut redis = redis_connection().await;
+    let _: () = redis
+        .del(&[
+            format!("{prefix}:coupon:{coupon}"),
+            format!("{prefix}:coupon:{coupon}:holders"),
+        ])
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_error(
+        &issue(&app, &members[0], coupon).await,
+        409,
+        "ALREADY_ISSUED",
+    );
+    assert_eq!(
+        issue(&app, &members[1], coupon).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(redis_remaining(&app, coupon).await, Some(3));
+    assert_eq!(stored_issues(&app, coupon, 2).await, 2);
+}
