@@ -7,18 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use surge_actors::coupon::CouponStore;
-use surge_actors::issue_writer::IssueWriterConfig;
+use surge_actors::orders::{recovery, sweeper};
 use surge_actors::{
-    BaselineStock, CouponActors, CouponConfig, IssueWriter, OrderSagas, StockActors, StockConfig,
-    StockStrategy,
+    BaselineStock, CouponActors, CouponConfig, CouponStore, IssueWriter, IssueWriterConfig,
+    OrderSagas, SagaDeps, StockActors, StockConfig, StockPath, StockStrategy,
 };
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
 use surge_http::{AppState, AuthService, AuthSettings, Metrics, OrderServices};
 use surge_persistence::committer::{CommitterConfig, GroupCommitter};
 use surge_persistence::redis_coupons::RedisCoupons;
-use surge_persistence::redis_stock::RedisStock;
+use surge_persistence::comparison::RedisStock;
 use surge_persistence::{Database, DatabaseOptions, PersistenceError, now_millis, sqlite_file};
 use surge_supervisors::{CircuitConfig, CircuitRegistry};
 use tokio::net::TcpListener;
@@ -28,8 +27,6 @@ use crate::config::{BootstrapAdmin, Config};
 
 /// Name of the generated signing key kept next to the embedded database.
 const JWT_KEY_FILE: &str = "jwt-secret";
-/// How often the sweeper releases reservations whose saga died.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often expired login sessions are deleted.
 const SESSION_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
@@ -184,22 +181,25 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
-        let sagas = OrderSagas::start(
-            db.clone(),
-            committer.clone(),
-            stock.clone(),
-            baseline,
-            coupons.clone(),
-            db_breaker.clone(),
+        let stock_path: Arc<dyn StockPath> = match baseline {
+            Some(baseline) => Arc::new(baseline),
+            None => Arc::new(stock.clone()),
+        };
+        let sagas = OrderSagas::start(SagaDeps {
+            db: db.clone(),
+            ledger: Arc::new(committer.clone()),
+            stock: stock_path,
+            coupons: coupons.clone(),
+            breaker: db_breaker.clone(),
             // Half the reservation lifetime leaves the other half for the confirmation.
-            config.order_answer_timeout.max(config.reservation_ttl / 2),
-        )
+            reserve_deadline: config.order_answer_timeout.max(config.reservation_ttl / 2),
+        })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
         // Before serving: give back what a previous process of this node had checked out, and
         // compensate the orders it left half done.
         let reclaimed = db.reclaim_allotments(&config.node_id).await?;
-        let compensated = sagas.recover().await?;
+        let compensated = recovery::recover(&db, &committer).await?;
         if reclaimed > 0 || compensated > 0 {
             tracing::info!(reclaimed, compensated, "recovered from the previous run");
         }
@@ -282,9 +282,10 @@ impl Application {
             signal_stop.send_replace(true);
         });
         let purge = tokio::spawn(purge_sessions(state.db.clone()));
-        let sweeper = tokio::spawn(sweep_reservations(
+        let sweeper = tokio::spawn(sweeper::run(
             state.orders.committer.clone(),
             reservation_ttl,
+            stop.subscribe(),
         ));
 
         let admin_task = admin_listener.map(|admin| {
@@ -358,23 +359,6 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
-    }
-}
-
-async fn sweep_reservations(committer: GroupCommitter, ttl: Duration) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // A saga reserves within half the reservation lifetime and then confirms; an order
-        // still PROCESSING two lifetimes after it began cannot succeed any more.
-        let stale_before =
-            now_millis() - 2 * i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
-        match committer.release_expired(stale_before).await {
-            Ok(n) if n > 0 => tracing::info!(released = n, "released expired reservations"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reservation sweep failed"),
-        }
     }
 }
 

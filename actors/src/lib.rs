@@ -1,16 +1,19 @@
-//! The actors of a Surge node: one [`stock::StockActor`] per item, serializing reservations in
-//! memory and making them durable through the group committer; one order saga per order; one
-//! coupon actor per live coupon.
+//! The actors of a Surge node, one folder per feature:
+//!
+//! - [`stock`]: one [`StockActor`](stock::StockActor) per item serializes its sales in memory
+//!   and makes them durable in fenced batches (no oversell);
+//! - [`orders`]: one saga per order, all or nothing over its lines, compensating on failure;
+//! - [`coupons`]: one actor per live coupon, first come first served (never twice, never past
+//!   its quantity).
 
-pub mod baseline;
-pub mod coupon;
-pub mod issue_writer;
-pub mod saga;
+pub mod coupons;
+pub mod orders;
 pub mod stock;
 mod supervision;
 
-pub use baseline::{BaselineStock, StockStrategy};
-pub use coupon::{CouponActors, CouponConfig, CouponError, CouponStore, IssueOutcome, QueueStatus};
-pub use issue_writer::{IssueWriter, IssueWriterConfig};
-pub use saga::{CouponProblem, OrderRequest, OrderSagas, SagaError, SagaOutcome};
-pub use stock::{ReserveError, StockActors, StockConfig};
+pub use coupons::{
+    CouponActors, CouponConfig, CouponError, CouponStore, IssueOutcome, IssueWriter,
+    IssueWriterConfig, QueueStatus,
+};
+pub use orders::{CouponProblem, OrderRequest, OrderSagas, SagaDeps, SagaError, SagaOutcome};
+pub use stock::{BaselineStock, ReserveError, StockActors, StockConfig, StockPath, StockStrategy};

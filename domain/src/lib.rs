@@ -13,6 +13,7 @@ mod item;
 mod member;
 mod order;
 mod paging;
+mod status;
 mod text;
 
 pub use coupon::*;
@@ -22,3 +23,4 @@ pub use item::*;
 pub use member::*;
 pub use order::*;
 pub use paging::*;
+pub use status::*;

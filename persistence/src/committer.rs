@@ -10,9 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::coupons::{self, NewIssue};
 use crate::orders::{
-    self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ReserveBatch, ReserveOutcome,
-    ResolveOutcome,
+    self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ResolveOutcome,
 };
+use crate::stock::{self, ReserveBatch, ReserveOutcome};
 use crate::{Database, PersistenceError, now_millis};
 
 /// Writes a committer accepts.
@@ -215,11 +215,11 @@ async fn apply(
 ) -> Result<Outcome, sqlx::Error> {
     Ok(match write {
         Write::BeginOrder(order, _) => Outcome::Begin(orders::begin_order(conn, order, now).await?),
-        Write::Reserve(batch, _) => Outcome::Reserve(orders::reserve(conn, batch, now).await?),
+        Write::Reserve(batch, _) => Outcome::Reserve(stock::reserve(conn, batch, now).await?),
         Write::Resolve(r, _) => Outcome::Resolve(orders::resolve_order(conn, r, now).await?),
         Write::Cancel(id, _) => Outcome::Cancel(orders::cancel_order(conn, *id, now).await?),
         Write::ReleaseExpired(stale_before, _) => {
-            let released = orders::release_expired(conn, now, SWEEP_LIMIT).await?;
+            let released = stock::release_expired(conn, now, SWEEP_LIMIT).await?;
             let failed = orders::fail_stale(conn, *stale_before, now, SWEEP_LIMIT).await?;
             Outcome::Released(released + failed)
         }

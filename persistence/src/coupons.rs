@@ -1,16 +1,9 @@
 //! Coupons and the coupons members hold.
 
 use sqlx::{AnyConnection, FromRow};
+use surge_domain::CouponStatus;
 
 use crate::{Database, PersistenceError, now_millis};
-
-/// Issue statuses as stored.
-pub mod issue_status {
-    /// Held, not yet used in an order.
-    pub const UNUSED: &str = "UNUSED";
-    /// Used by a SUCCEEDED (or still PROCESSING) order.
-    pub const USED: &str = "USED";
-}
 
 /// A coupon definition as the admin creates it (and as stored, with its id: [`CouponRecord`]).
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -70,8 +63,9 @@ pub struct HeldCoupon {
     pub discount_tenths: i64,
     /// The item it discounts.
     pub item_id: Option<i64>,
-    /// UNUSED or USED.
-    pub status: String,
+    /// Whether an order has spent it.
+    #[sqlx(try_from = "String")]
+    pub status: CouponStatus,
     /// Unix ms.
     pub issued_at: i64,
 }
@@ -83,8 +77,9 @@ pub struct IssueRecord {
     pub coupon_id: i64,
     /// Member.
     pub user_id: i64,
-    /// UNUSED or USED.
-    pub status: String,
+    /// Whether an order has spent it.
+    #[sqlx(try_from = "String")]
+    pub status: CouponStatus,
     /// Unix ms.
     pub issued_at: i64,
     /// The Idempotency-Key of the request that got it.

@@ -31,6 +31,9 @@ pub enum PersistenceError {
     /// Creating the SQLite data directory failed.
     #[error("cannot create data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// A stored value this build cannot read (an unknown status spelling).
+    #[error("unreadable stored value: {0}")]
+    Corrupt(String),
     /// Any other database error.
     #[error(transparent)]
     Database(sqlx::Error),

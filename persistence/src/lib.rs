@@ -5,7 +5,7 @@
 //! no vendor functions on the hot path. Each back end has its own migration folder because DDL
 //! (identity columns) is where the dialects really differ.
 
-pub mod baseline_stock;
+pub mod comparison;
 pub mod committer;
 pub mod coupons;
 mod db;
@@ -13,7 +13,6 @@ mod error;
 pub mod items;
 pub mod orders;
 pub mod redis_coupons;
-pub mod redis_stock;
 pub mod sessions;
 pub mod stock;
 pub mod users;

@@ -1,36 +1,18 @@
-//! Orders, order lines, reservations and the outbox: the rows an order saga writes, and the
-//! statements that write them inside a group-commit transaction (see [`crate::committer`]).
+//! Order rows: an order, its lines, its idempotency claim and its outbox event, and the
+//! transitions of [`OrderStatus`] as conditional updates (`… WHERE status = <from>`), so a
+//! transition happens at most once however many writers try it. Units of stock are never
+//! touched here directly: every fenced stock statement (reserve, confirm, release) lives in
+//! [`crate::stock`]; this module calls them inside the same transaction.
+//!
+//! Everything here runs inside a group-commit transaction (see [`crate::committer`]), except
+//! the reads at the bottom.
 
 use sqlx::{AnyConnection, FromRow};
+use surge_domain::{LineStatus, OrderStatus};
 
 use crate::coupons::{self, CouponRefusal};
+use crate::stock::{self as stock_rows, ReservationStatus};
 use crate::{Database, PersistenceError};
-
-/// Order status as stored.
-pub mod status {
-    /// Saga running.
-    pub const PROCESSING: &str = "PROCESSING";
-    /// Every line reserved and confirmed.
-    pub const SUCCEEDED: &str = "SUCCEEDED";
-    /// Refused; nothing held.
-    pub const FAILED: &str = "FAILED";
-    /// Cancelled after success; stock returned.
-    pub const CANCELLED: &str = "CANCELLED";
-}
-
-/// Line status as stored.
-pub mod line_status {
-    /// Not decided yet.
-    pub const PROCESSING: &str = "PROCESSING";
-    /// Units held (or sold, once the order succeeded).
-    pub const RESERVED: &str = "RESERVED";
-    /// Not enough units.
-    pub const OUT_OF_STOCK: &str = "OUT_OF_STOCK";
-    /// No such item.
-    pub const ITEM_NOT_FOUND: &str = "ITEM_NOT_FOUND";
-    /// Units given back (failed sibling line, cancellation, expiry).
-    pub const RELEASED: &str = "RELEASED";
-}
 
 /// One line of a new order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +51,7 @@ pub struct NewOrder {
 #[derive(Debug, Clone)]
 pub struct Refusal {
     /// Status per line, by line index.
-    pub line_statuses: Vec<&'static str>,
+    pub line_statuses: Vec<LineStatus>,
     /// The recorded reason.
     pub reason: String,
 }
@@ -90,28 +72,6 @@ pub enum BeginOutcome {
     CouponRefused(CouponRefusal),
 }
 
-/// A stock actor's reservations of one item, written together.
-#[derive(Debug, Clone)]
-pub struct ReserveBatch {
-    /// Item.
-    pub item_id: i64,
-    /// The writing actor's epoch; a different epoch on the allotment row fences the batch.
-    pub epoch: i64,
-    /// When unconfirmed reservations expire.
-    pub deadline_at: i64,
-    /// (order id, units) per reservation.
-    pub reservations: Vec<(i64, i64)>,
-}
-
-/// Result of a reservation batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    /// Durable.
-    Written,
-    /// The actor no longer owns the item; nothing was written.
-    Fenced,
-}
-
 /// How an order ends.
 #[derive(Debug, Clone)]
 pub struct OrderResolution {
@@ -119,7 +79,7 @@ pub struct OrderResolution {
     pub order_id: i64,
     /// Final line statuses, by line index, when the saga failed (ignored on success: every
     /// line becomes RESERVED).
-    pub line_statuses: Vec<&'static str>,
+    pub line_statuses: Vec<LineStatus>,
     /// Why it failed (None on success).
     pub failure: Option<String>,
 }
@@ -151,8 +111,8 @@ pub struct OrderRecord {
     pub id: i64,
     /// Buyer.
     pub user_id: i64,
-    /// PROCESSING, SUCCEEDED, FAILED or CANCELLED.
-    pub status: String,
+    /// Where the order is in its state machine.
+    pub status: OrderStatus,
     /// Coupon used.
     pub coupon_id: Option<i64>,
     /// Total after discount.
@@ -170,7 +130,7 @@ pub struct OrderRecord {
 }
 
 /// An order line as stored.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderLineRecord {
     /// Item.
     pub item_id: i64,
@@ -179,14 +139,35 @@ pub struct OrderLineRecord {
     /// Unit price.
     pub unit_price: i64,
     /// Line status.
-    pub status: String,
+    pub status: LineStatus,
+}
+
+#[derive(FromRow)]
+struct LineRow {
+    item_id: i64,
+    quantity: i64,
+    unit_price: i64,
+    status: String,
+}
+
+impl LineRow {
+    fn decode(self) -> Result<OrderLineRecord, PersistenceError> {
+        Ok(OrderLineRecord {
+            item_id: self.item_id,
+            quantity: self.quantity,
+            unit_price: self.unit_price,
+            status: LineStatus::parse(&self.status).ok_or_else(|| {
+                PersistenceError::Corrupt(format!("unknown line status {:?}", self.status))
+            })?,
+        })
+    }
 }
 
 #[derive(FromRow)]
 struct PageLineRow {
     order_id: i64,
     #[sqlx(flatten)]
-    line: OrderLineRecord,
+    line: LineRow,
 }
 
 #[derive(FromRow)]
@@ -203,11 +184,13 @@ struct OrderRow {
 }
 
 impl OrderRow {
-    fn with_lines(self, lines: Vec<OrderLineRecord>) -> OrderRecord {
-        OrderRecord {
+    fn with_lines(self, lines: Vec<OrderLineRecord>) -> Result<OrderRecord, PersistenceError> {
+        Ok(OrderRecord {
             id: self.id,
             user_id: self.user_id,
-            status: self.status,
+            status: OrderStatus::parse(&self.status).ok_or_else(|| {
+                PersistenceError::Corrupt(format!("unknown order status {:?}", self.status))
+            })?,
             coupon_id: self.coupon_id,
             total_price: self.total_price,
             discount: self.discount,
@@ -215,7 +198,7 @@ impl OrderRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             lines,
-        }
+        })
     }
 }
 
@@ -279,7 +262,7 @@ async fn write_refused(
     now: i64,
 ) -> Result<BeginOutcome, sqlx::Error> {
     insert_order(conn, order, Some(refused), now).await?;
-    outbox(conn, order.id, status::FAILED, now).await?;
+    outbox(conn, order.id, OrderStatus::Failed, now).await?;
     Ok(BeginOutcome::Created)
 }
 
@@ -292,9 +275,9 @@ async fn insert_order(
     now: i64,
 ) -> Result<(), sqlx::Error> {
     let order_status = if refused.is_some() {
-        status::FAILED
+        OrderStatus::Failed
     } else {
-        status::PROCESSING
+        OrderStatus::Processing
     };
     sqlx::query(
         "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, failure_reason, created_at, updated_at) \
@@ -302,7 +285,7 @@ async fn insert_order(
     )
     .bind(order.id)
     .bind(order.user_id)
-    .bind(order_status)
+    .bind(order_status.as_str())
     .bind(order.coupon_id)
     .bind(order.total_price)
     .bind(order.discount)
@@ -312,12 +295,12 @@ async fn insert_order(
     .await?;
     for (line_no, line) in order.lines.iter().enumerate() {
         let line_state = match refused {
-            None => line_status::PROCESSING,
+            None => LineStatus::Processing,
             Some(r) => r
                 .line_statuses
                 .get(line_no)
                 .copied()
-                .unwrap_or(line_status::RELEASED),
+                .unwrap_or(LineStatus::Released),
         };
         sqlx::query(
             "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
@@ -328,7 +311,7 @@ async fn insert_order(
         .bind(line.item_id)
         .bind(line.quantity)
         .bind(line.unit_price)
-        .bind(line_state)
+        .bind(line_state.as_str())
         .execute(&mut *conn)
         .await?;
     }
@@ -347,98 +330,11 @@ async fn unclaim_key(conn: &mut AnyConnection, order: &NewOrder) -> Result<(), s
     Ok(())
 }
 
-pub(crate) async fn reserve(
-    conn: &mut AnyConnection,
-    batch: &ReserveBatch,
-    now: i64,
-) -> Result<ReserveOutcome, sqlx::Error> {
-    let units: i64 = batch.reservations.iter().map(|(_, q)| q).sum();
-    let fenced = sqlx::query(
-        "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
-         WHERE item_id = $3 AND epoch = $4 AND units >= $1",
-    )
-    .bind(units)
-    .bind(now)
-    .bind(batch.item_id)
-    .bind(batch.epoch)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 0;
-    if fenced {
-        return Ok(ReserveOutcome::Fenced);
-    }
-    for (order_id, quantity) in &batch.reservations {
-        sqlx::query(
-            "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'HELD', $4, $5, $6, $6)",
-        )
-        .bind(order_id)
-        .bind(batch.item_id)
-        .bind(quantity)
-        .bind(batch.epoch)
-        .bind(batch.deadline_at)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(ReserveOutcome::Written)
-}
-
-/// Releases one reservation in `from` status, returning its units to the item. Idempotent:
-/// a reservation already released changes nothing.
-async fn release_reservation(
-    conn: &mut AnyConnection,
-    order_id: i64,
-    item_id: i64,
-    from: &str,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    let quantity: Option<(i64,)> = sqlx::query_as(
-        "UPDATE reservations SET status = 'RELEASED', updated_at = $1 \
-         WHERE order_id = $2 AND item_id = $3 AND status = $4 RETURNING quantity",
-    )
-    .bind(now)
-    .bind(order_id)
-    .bind(item_id)
-    .bind(from)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((quantity,)) = quantity else {
-        return Ok(false);
-    };
-    sqlx::query("UPDATE items SET available = available + $1, updated_at = $2 WHERE id = $3")
-        .bind(quantity)
-        .bind(now)
-        .bind(item_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(true)
-}
-
-/// Releases every reservation of an order that is in `from` status.
-async fn release_all(
-    conn: &mut AnyConnection,
-    order_id: i64,
-    from: &str,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    let items: Vec<(i64,)> =
-        sqlx::query_as("SELECT item_id FROM reservations WHERE order_id = $1 AND status = $2")
-            .bind(order_id)
-            .bind(from)
-            .fetch_all(&mut *conn)
-            .await?;
-    for (item_id,) in items {
-        release_reservation(conn, order_id, item_id, from, now).await?;
-    }
-    Ok(())
-}
-
+/// The order's event, in the same transaction as its change (the transactional outbox).
 async fn outbox(
     conn: &mut AnyConnection,
     order_id: i64,
-    status: &str,
+    status: OrderStatus,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     let payload = format!(r#"{{"orderId":{order_id},"status":"{status}","at":{now}}}"#);
@@ -456,11 +352,11 @@ async fn outbox(
 async fn set_line_statuses(
     conn: &mut AnyConnection,
     order_id: i64,
-    statuses: &[&str],
+    statuses: &[LineStatus],
 ) -> Result<(), sqlx::Error> {
     for (line_no, status) in statuses.iter().enumerate() {
         sqlx::query("UPDATE order_lines SET status = $1 WHERE order_id = $2 AND line_no = $3")
-            .bind(*status)
+            .bind(status.as_str())
             .bind(order_id)
             .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
             .execute(&mut *conn)
@@ -472,7 +368,7 @@ async fn set_line_statuses(
 async fn fail_order(
     conn: &mut AnyConnection,
     order_id: i64,
-    line_statuses: &[&'static str],
+    line_statuses: &[LineStatus],
     reason: &str,
     now: i64,
 ) -> Result<ResolveOutcome, sqlx::Error> {
@@ -489,7 +385,7 @@ async fn fail_order(
     if changed == 0 {
         return Ok(ResolveOutcome::AlreadyFinal);
     }
-    release_all(conn, order_id, "HELD", now).await?;
+    stock_rows::release_all(conn, order_id, ReservationStatus::Held, now).await?;
     coupons::give_back(conn, order_id).await?;
     if line_statuses.is_empty() {
         sqlx::query(
@@ -502,7 +398,7 @@ async fn fail_order(
     } else {
         set_line_statuses(conn, order_id, line_statuses).await?;
     }
-    outbox(conn, order_id, status::FAILED, now).await?;
+    outbox(conn, order_id, OrderStatus::Failed, now).await?;
     Ok(ResolveOutcome::Failed)
 }
 
@@ -525,19 +421,11 @@ pub(crate) async fn resolve_order(
         .bind(resolution.order_id)
         .fetch_one(&mut *conn)
         .await?;
-    let confirmed = sqlx::query(
-        "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
-         WHERE order_id = $2 AND status = 'HELD'",
-    )
-    .bind(now)
-    .bind(resolution.order_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let confirmed = stock_rows::confirm_reservations(conn, resolution.order_id, now).await?;
     if i64::try_from(confirmed).unwrap_or(i64::MAX) != lines {
         // A reservation expired before the saga confirmed it: the order cannot succeed. Put
         // back what was just confirmed and fail it, all in this transaction.
-        release_all(conn, resolution.order_id, "CONFIRMED", now).await?;
+        stock_rows::release_all(conn, resolution.order_id, ReservationStatus::Confirmed, now).await?;
         return fail_order(
             conn,
             resolution.order_id,
@@ -562,7 +450,7 @@ pub(crate) async fn resolve_order(
         .bind(resolution.order_id)
         .execute(&mut *conn)
         .await?;
-    outbox(conn, resolution.order_id, status::SUCCEEDED, now).await?;
+    outbox(conn, resolution.order_id, OrderStatus::Succeeded, now).await?;
     Ok(ResolveOutcome::Succeeded)
 }
 
@@ -582,13 +470,13 @@ pub(crate) async fn cancel_order(
     if changed == 0 {
         return Ok(CancelOutcome::NotCancellable);
     }
-    release_all(conn, order_id, "CONFIRMED", now).await?;
+    stock_rows::release_all(conn, order_id, ReservationStatus::Confirmed, now).await?;
     coupons::give_back(conn, order_id).await?;
     sqlx::query("UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1")
         .bind(order_id)
         .execute(&mut *conn)
         .await?;
-    outbox(conn, order_id, status::CANCELLED, now).await?;
+    outbox(conn, order_id, OrderStatus::Cancelled, now).await?;
     Ok(CancelOutcome::Cancelled)
 }
 
@@ -619,28 +507,6 @@ pub(crate) async fn fail_stale(
     Ok(failed)
 }
 
-/// Releases HELD reservations past their deadline; returns how many.
-pub(crate) async fn release_expired(
-    conn: &mut AnyConnection,
-    now: i64,
-    limit: i64,
-) -> Result<u64, sqlx::Error> {
-    let expired: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT order_id, item_id FROM reservations WHERE status = 'HELD' AND deadline_at < $1 LIMIT $2",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut released = 0;
-    for (order_id, item_id) in expired {
-        if release_reservation(conn, order_id, item_id, "HELD", now).await? {
-            released += 1;
-        }
-    }
-    Ok(released)
-}
-
 // ---- reads ---------------------------------------------------------------------------------
 
 impl Database {
@@ -654,17 +520,20 @@ impl Database {
         .await?;
         let Some(row) = row else { return Ok(None) };
         let lines = self.lines_of(id).await?;
-        Ok(Some(row.with_lines(lines)))
+        row.with_lines(lines).map(Some)
     }
 
     async fn lines_of(&self, order_id: i64) -> Result<Vec<OrderLineRecord>, PersistenceError> {
-        Ok(sqlx::query_as(
+        sqlx::query_as::<_, LineRow>(
             "SELECT item_id, quantity, unit_price, status FROM order_lines \
              WHERE order_id = $1 ORDER BY line_no",
         )
         .bind(order_id)
         .fetch_all(self.pool())
-        .await?)
+        .await?
+        .into_iter()
+        .map(LineRow::decode)
+        .collect()
     }
 
     /// A member's orders, newest first, with ids below `before`.
@@ -687,7 +556,7 @@ impl Database {
             return Ok(Vec::new());
         };
         // One query for the lines of the whole page instead of one per order.
-        let lines: Vec<(i64, OrderLineRecord)> = sqlx::query_as::<_, PageLineRow>(
+        let lines: Vec<PageLineRow> = sqlx::query_as::<_, PageLineRow>(
             "SELECT l.order_id, l.item_id, l.quantity, l.unit_price, l.status \
              FROM order_lines l JOIN orders o ON o.id = l.order_id \
              WHERE o.user_id = $1 AND l.order_id BETWEEN $2 AND $3 ORDER BY l.order_id, l.line_no",
@@ -696,22 +565,18 @@ impl Database {
         .bind(oldest)
         .bind(newest)
         .fetch_all(self.pool())
-        .await?
-        .into_iter()
-        .map(|r| (r.order_id, r.line))
-        .collect();
+        .await?;
         let mut by_order: std::collections::HashMap<i64, Vec<OrderLineRecord>> =
             std::collections::HashMap::with_capacity(rows.len());
-        for (order_id, line) in lines {
-            by_order.entry(order_id).or_default().push(line);
+        for row in lines {
+            by_order.entry(row.order_id).or_default().push(row.line.decode()?);
         }
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|row| {
                 let lines = by_order.remove(&row.id).unwrap_or_default();
                 row.with_lines(lines)
             })
-            .collect())
+            .collect()
     }
 
     /// Orders still PROCESSING (at start: sagas a previous process left unfinished).

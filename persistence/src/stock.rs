@@ -1,6 +1,68 @@
-//! Allotments: units of an item checked out to the stock actor that owns it.
+//! Every fenced statement that moves units of stock, and nothing else.
+//!
+//! Invariant protected: **no oversell**. Units live in exactly one of three places: the item
+//! row (`items.available`, held by nobody), an owner's allotment (`stock_allotments.units`,
+//! checked out to the one stock actor that owns the item under an **epoch**), or a reservation
+//! (`reservations`, `HELD` for an order, then `CONFIRMED` or `RELEASED`). Every statement here
+//! moves units between those places in one transaction, and every write an owner makes names its
+//! epoch: when another owner has taken the item over (a higher epoch), the write changes zero
+//! rows and the caller stops selling. A stale owner can therefore undersell until the sweeper
+//! runs, never oversell.
+//!
+//! - claim ([`Database::claim_allotment`]), check-out ([`Database::check_out_units`]), give
+//!   back ([`Database::return_allotment`], [`Database::reclaim_allotments`]): the owner's
+//!   allotment, each in its own short transaction;
+//! - [`reserve`], [`confirm_reservations`], [`release_all`], [`release_expired`]: run inside a
+//!   group-commit transaction (see [`crate::committer`]), together with the order rows of
+//!   [`crate::orders`].
+
+use sqlx::AnyConnection;
 
 use crate::{Database, PersistenceError, now_millis};
+
+/// A reservation's status as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationStatus {
+    /// Units held for an order whose saga has not finished; expires at its deadline.
+    Held,
+    /// Units sold to an order that succeeded.
+    Confirmed,
+    /// Units given back to the item row.
+    Released,
+}
+
+impl ReservationStatus {
+    /// The stored spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::Confirmed => "CONFIRMED",
+            Self::Released => "RELEASED",
+        }
+    }
+}
+
+/// A stock actor's reservations of one item, written together.
+#[derive(Debug, Clone)]
+pub struct ReserveBatch {
+    /// Item.
+    pub item_id: i64,
+    /// The writing actor's epoch; a different epoch on the allotment row fences the batch.
+    pub epoch: i64,
+    /// When unconfirmed reservations expire.
+    pub deadline_at: i64,
+    /// (order id, units) per reservation.
+    pub reservations: Vec<(i64, i64)>,
+}
+
+/// Result of a reservation batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Durable.
+    Written,
+    /// The actor no longer owns the item (or its allotment is short); nothing was written.
+    Fenced,
+}
 
 /// What a stock actor learns when it takes an item over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,4 +250,136 @@ impl Database {
         tx.commit().await?;
         Ok(units)
     }
+}
+
+// ---- statements run inside a group-commit transaction -------------------------------------
+
+/// Writes a batch of reservations and takes their units out of the owner's allotment, fenced
+/// by the owner's epoch: `Fenced` (and nothing written) when the epoch moved on.
+pub(crate) async fn reserve(
+    conn: &mut AnyConnection,
+    batch: &ReserveBatch,
+    now: i64,
+) -> Result<ReserveOutcome, sqlx::Error> {
+    let units: i64 = batch.reservations.iter().map(|(_, q)| q).sum();
+    let fenced = sqlx::query(
+        "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
+         WHERE item_id = $3 AND epoch = $4 AND units >= $1",
+    )
+    .bind(units)
+    .bind(now)
+    .bind(batch.item_id)
+    .bind(batch.epoch)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 0;
+    if fenced {
+        return Ok(ReserveOutcome::Fenced);
+    }
+    for (order_id, quantity) in &batch.reservations {
+        sqlx::query(
+            "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'HELD', $4, $5, $6, $6)",
+        )
+        .bind(order_id)
+        .bind(batch.item_id)
+        .bind(quantity)
+        .bind(batch.epoch)
+        .bind(batch.deadline_at)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(ReserveOutcome::Written)
+}
+
+/// Confirms every `HELD` reservation of an order (the units are sold); returns how many.
+pub(crate) async fn confirm_reservations(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    let confirmed = sqlx::query(
+        "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
+         WHERE order_id = $2 AND status = 'HELD'",
+    )
+    .bind(now)
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(i64::try_from(confirmed).unwrap_or(i64::MAX))
+}
+
+/// Releases one reservation in `from` status, returning its units to the item row.
+/// Idempotent: a reservation already released changes nothing.
+async fn release_reservation(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    item_id: i64,
+    from: ReservationStatus,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let quantity: Option<(i64,)> = sqlx::query_as(
+        "UPDATE reservations SET status = 'RELEASED', updated_at = $1 \
+         WHERE order_id = $2 AND item_id = $3 AND status = $4 RETURNING quantity",
+    )
+    .bind(now)
+    .bind(order_id)
+    .bind(item_id)
+    .bind(from.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((quantity,)) = quantity else {
+        return Ok(false);
+    };
+    sqlx::query("UPDATE items SET available = available + $1, updated_at = $2 WHERE id = $3")
+        .bind(quantity)
+        .bind(now)
+        .bind(item_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+/// Releases every reservation of an order that is in `from` status.
+pub(crate) async fn release_all(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    from: ReservationStatus,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let items: Vec<(i64,)> =
+        sqlx::query_as("SELECT item_id FROM reservations WHERE order_id = $1 AND status = $2")
+            .bind(order_id)
+            .bind(from.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+    for (item_id,) in items {
+        release_reservation(conn, order_id, item_id, from, now).await?;
+    }
+    Ok(())
+}
+
+/// Releases `HELD` reservations past their deadline (their saga died); returns how many.
+pub(crate) async fn release_expired(
+    conn: &mut AnyConnection,
+    now: i64,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let expired: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT order_id, item_id FROM reservations WHERE status = 'HELD' AND deadline_at < $1 LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut released = 0;
+    for (order_id, item_id) in expired {
+        if release_reservation(conn, order_id, item_id, ReservationStatus::Held, now).await? {
+            released += 1;
+        }
+    }
+    Ok(released)
 }

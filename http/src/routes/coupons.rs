@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use surge_actors::{CouponError, IssueOutcome, QueueStatus};
 use surge_domain::{
+    CouponStatus,
     AdmitRate, CouponDescription, CouponId, CouponName, CouponQuantity, DiscountRate, ItemId,
     ValidationError,
 };
@@ -121,7 +122,8 @@ pub struct HeldCouponResponse {
     discount_rate: f64,
     item_id: Option<i64>,
     /// UNUSED or USED.
-    status: String,
+    #[schema(value_type = String)]
+    status: CouponStatus,
     issued_at: String,
 }
 

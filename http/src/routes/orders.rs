@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use surge_actors::{CouponProblem, OrderRequest, SagaError, SagaOutcome};
-use surge_domain::{IdempotencyKey, ItemId, MAX_ORDER_LINES, PageLimit, Quantity, ValidationError};
-use surge_persistence::orders::{CancelOutcome, OrderRecord, status};
+use surge_domain::{
+    IdempotencyKey, ItemId, LineStatus, MAX_ORDER_LINES, OrderStatus, PageLimit, Quantity,
+    ValidationError,
+};
+use surge_persistence::orders::OrderRecord;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
@@ -51,7 +54,8 @@ pub struct OrderLineResponse {
     quantity: i64,
     unit_price: i64,
     /// PROCESSING, RESERVED, OUT_OF_STOCK, ITEM_NOT_FOUND or RELEASED.
-    status: String,
+    #[schema(value_type = String)]
+    status: LineStatus,
 }
 
 /// An order as clients see it.
@@ -61,7 +65,8 @@ pub struct OrderResponse {
     order_id: i64,
     user_id: i64,
     /// PROCESSING, SUCCEEDED, FAILED or CANCELLED.
-    status: String,
+    #[schema(value_type = String)]
+    status: OrderStatus,
     lines: Vec<OrderLineResponse>,
     coupon_id: Option<i64>,
     total_price: i64,
@@ -119,7 +124,7 @@ pub struct OrderQuery {
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-fn validate(req: &CreateOrderRequest) -> Result<Vec<(i64, i64)>, ApiError> {
+fn validate(req: &CreateOrderRequest) -> Result<Vec<(ItemId, Quantity)>, ApiError> {
     if req.lines.is_empty() || req.lines.len() > MAX_ORDER_LINES {
         return Err(ValidationError::new("lines", "must have 1 to 50 lines").into());
     }
@@ -133,7 +138,7 @@ fn validate(req: &CreateOrderRequest) -> Result<Vec<(i64, i64)>, ApiError> {
                 ValidationError::new("lines", "each item may appear in one line only").into(),
             );
         }
-        lines.push((item.get(), quantity.get()));
+        lines.push((item, quantity));
     }
     if let Some(coupon) = req.coupon_id {
         surge_domain::CouponId::parse(coupon, "couponId")?;
@@ -141,10 +146,10 @@ fn validate(req: &CreateOrderRequest) -> Result<Vec<(i64, i64)>, ApiError> {
     Ok(lines)
 }
 
-fn request_hash(lines: &[(i64, i64)], coupon: Option<i64>) -> String {
+fn request_hash(lines: &[(ItemId, Quantity)], coupon: Option<i64>) -> String {
     let mut hasher = Sha256::new();
     for (item, quantity) in lines {
-        hasher.update(format!("{item}x{quantity};"));
+        hasher.update(format!("{item}x{};", quantity.get()));
     }
     hasher.update(format!("coupon={coupon:?}"));
     hasher
@@ -176,7 +181,7 @@ async fn load(state: &AppState, order_id: i64) -> Result<OrderRecord, ApiError> 
 
 fn created(order: OrderRecord) -> Response {
     let location = format!("/api/v1/orders/{}", order.id);
-    let status = if order.status == status::PROCESSING {
+    let status = if order.status == OrderStatus::Processing {
         StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED
@@ -190,14 +195,14 @@ fn created(order: OrderRecord) -> Response {
 
 async fn still_processing(state: &AppState, order_id: i64) -> Response {
     match state.db.order_by_id(order_id).await {
-        Ok(Some(order)) if order.status != status::PROCESSING => {
+        Ok(Some(order)) if order.status != OrderStatus::Processing => {
             answer_for(order).unwrap_or_else(IntoResponse::into_response)
         }
         Ok(Some(order)) => created(order),
         _ => {
             let mut response = (
                 StatusCode::ACCEPTED,
-                Json(json!({ "orderId": order_id, "status": status::PROCESSING })),
+                Json(json!({ "orderId": order_id, "status": OrderStatus::Processing })),
             )
                 .into_response();
             if let Ok(value) = HeaderValue::from_str(&format!("/api/v1/orders/{order_id}")) {
@@ -220,10 +225,13 @@ fn refused(order: OrderRecord, status: StatusCode, code: &'static str, message: 
 
 /// Answers for an order by its current status (used for replays and for sagas that finished).
 fn answer_for(order: OrderRecord) -> Result<Response, ApiError> {
-    match order.status.as_str() {
-        status::FAILED => {
-            let not_found = order.lines.iter().any(|l| l.status == "ITEM_NOT_FOUND");
-            let out_of_stock = order.lines.iter().any(|l| l.status == "OUT_OF_STOCK");
+    match order.status {
+        OrderStatus::Failed => {
+            let not_found = order
+                .lines
+                .iter()
+                .any(|l| l.status == LineStatus::ItemNotFound);
+            let out_of_stock = order.lines.iter().any(|l| l.status == LineStatus::OutOfStock);
             Err(if not_found {
                 refused(
                     order,
@@ -260,7 +268,7 @@ async fn answer_when_final(
     let mut events = state.orders.sagas.subscribe();
     loop {
         let order = load(state, order_id).await?;
-        if order.status != status::PROCESSING {
+        if order.status != OrderStatus::Processing {
             return answer_for(order);
         }
         let wait = tokio::time::timeout_at(deadline, async {
@@ -470,24 +478,17 @@ pub async fn cancel(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<OrderResponse>, ApiError> {
     let order = readable(&state, &caller, id).await?;
-    let outcome =
-        state
-            .orders
-            .committer
-            .cancel(order.id)
-            .await
-            .map_err(|e| ApiError::Overloaded {
-                message: format!("the cancellation could not be written: {}", short(&e)),
-                retry_after_secs: 1,
-            })?;
-    if outcome == CancelOutcome::Cancelled {
-        state.orders.sagas.publish(order.id, status::CANCELLED);
-        for line in &order.lines {
-            state.orders.stock.replenished(line.item_id);
-        }
-    }
+    state
+        .orders
+        .sagas
+        .cancel(&state.orders.committer, &order)
+        .await
+        .map_err(|e| ApiError::Overloaded {
+            message: format!("the cancellation could not be written: {}", short(&e)),
+            retry_after_secs: 1,
+        })?;
     let order = load(&state, order.id).await?;
-    if order.status == status::CANCELLED {
+    if order.status == OrderStatus::Cancelled {
         Ok(Json(order.into()))
     } else {
         Err(ApiError::conflict(
@@ -526,41 +527,34 @@ pub async fn events(
         db: state.db.clone(),
         order_id: order.id,
         next: Some(order.status),
-        last: String::new(),
+        last: None,
         done: false,
     };
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         let status = f.next_status().await?;
-        f.done = is_final(&status);
+        f.done = status.is_decided();
         let event = Event::default()
             .event("status")
             .json_data(json!({ "orderId": f.order_id, "status": status }))
             .unwrap_or_default();
-        f.last = status;
+        f.last = Some(status);
         Some((Ok::<_, Infallible>(event), f))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-fn is_final(status: &str) -> bool {
-    matches!(
-        status,
-        status::SUCCEEDED | status::FAILED | status::CANCELLED
-    )
-}
-
 /// The state of one SSE stream.
 struct Follow {
-    rx: tokio::sync::broadcast::Receiver<surge_actors::saga::OrderEvent>,
+    rx: tokio::sync::broadcast::Receiver<surge_actors::orders::OrderEvent>,
     db: surge_persistence::Database,
     order_id: i64,
-    next: Option<String>,
-    last: String,
+    next: Option<OrderStatus>,
+    last: Option<OrderStatus>,
     done: bool,
 }
 
 impl Follow {
-    async fn next_status(&mut self) -> Option<String> {
+    async fn next_status(&mut self) -> Option<OrderStatus> {
         if self.done {
             return None;
         }
@@ -569,14 +563,14 @@ impl Follow {
         }
         loop {
             match self.rx.recv().await {
-                Ok(e) if e.order_id == self.order_id && e.status != self.last => {
-                    return Some(e.status.to_owned());
+                Ok(e) if e.order_id == self.order_id && Some(e.status) != self.last => {
+                    return Some(e.status);
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Missed events: the database knows the current status.
                     if let Ok(Some(o)) = self.db.order_by_id(self.order_id).await
-                        && o.status != self.last
+                        && Some(o.status) != self.last
                     {
                         return Some(o.status);
                     }

@@ -1,8 +1,5 @@
-//! The stock strategies Surge is measured against (`SURGE_STOCK_STRATEGY`), kept for the
-//! side-by-side comparison of `surge bench compare`. Each takes units for one order line in a
-//! transaction of its own, the way a conventional service would: no actor, no group commit.
-//! Every one of them writes the same `HELD` reservation row as the actor path, so confirmation,
-//! cancellation, expiry and the unit accounting are shared.
+//! `row-lock` and `conditional-update` (and the database half of `redis-decr`): one order line
+//! per transaction, guarded by a row lock or a conditional update.
 
 use crate::{Backend, Database, PersistenceError, now_millis};
 

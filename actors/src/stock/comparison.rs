@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
-use surge_persistence::baseline_stock::{BaselineReserve, RowGuard};
-use surge_persistence::redis_stock::{CounterTake, RedisStock};
+use surge_domain::{ItemId, Quantity};
+use surge_persistence::comparison::{BaselineReserve, CounterTake, RedisStock, RowGuard};
 use surge_persistence::{Database, now_millis};
 
-use crate::stock::ReserveError;
+use super::ReserveError;
+use super::path::{PathFuture, StockPath};
 
 /// How order lines take stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,8 +85,7 @@ impl BaselineStock {
         })
     }
 
-    /// An item's price, or `None` when it does not exist.
-    pub async fn price_of(&self, item_id: i64) -> Result<Option<i64>, ReserveError> {
+    async fn price(&self, item_id: i64) -> Result<Option<i64>, ReserveError> {
         self.db
             .price_and_available(item_id)
             .await
@@ -94,7 +94,7 @@ impl BaselineStock {
     }
 
     /// Takes units for one order line, durably, in a transaction of its own.
-    pub async fn reserve(
+    async fn take(
         &self,
         item_id: i64,
         order_id: i64,
@@ -144,5 +144,21 @@ impl BaselineStock {
             Ok(BaselineReserve::ItemNotFound) => Err(ReserveError::ItemNotFound),
             Err(e) => Err(unavailable(e.to_string())),
         }
+    }
+}
+
+impl StockPath for BaselineStock {
+    fn price_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<i64>, ReserveError>> {
+        Box::pin(self.price(item.get()))
+    }
+
+    fn reserve(
+        &self,
+        item: ItemId,
+        order_id: i64,
+        quantity: Quantity,
+        _within: Duration,
+    ) -> PathFuture<'_, Result<(), ReserveError>> {
+        Box::pin(self.take(item.get(), order_id, quantity.get()))
     }
 }

@@ -1,0 +1,328 @@
+//! Orders: one [`saga::OrderSaga`] per order, started by [`OrderSagas`].
+//!
+//! Invariants protected: an order is **all or nothing** over its lines (every line reserved and
+//! confirmed in one transaction, or everything it held released); **no lost acknowledgement**
+//! (a 201 follows the commit of the SUCCEEDED write); **exactly-once** placement per
+//! Idempotency-Key (the key is claimed in the order's first write).
+//!
+//! The path of one order: [`place`] validates and prices the lines (and the coupon's discount)
+//! → [`saga`] records the order, reserves every line through the [`StockPath`] (the stock actors)
+//! and confirms, or compensates on any failure → [`events`] tells SSE streams. Around it:
+//! [`cancel`], [`recovery`] of orders a previous process left half done, and the [`sweeper`] of
+//! expired reservations and stale orders.
+
+pub mod cancel;
+pub mod events;
+pub mod ledger;
+mod place;
+pub mod recovery;
+pub mod saga;
+pub mod sweeper;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use serde::Serialize;
+use surge_domain::{ItemId, OrderStatus, Quantity};
+use surge_persistence::Database;
+use surge_persistence::orders::OrderResolution;
+use surge_supervisors::{CircuitBreaker, RetryPolicy};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::coupons::CouponActors;
+use crate::stock::StockPath;
+use crate::supervision::{Failures, actor_name, start_supervisor};
+pub use events::OrderEvent;
+pub use ledger::OrderLedger;
+use saga::{OrderSaga, SagaArgs};
+
+/// A validated order request.
+#[derive(Debug, Clone)]
+pub struct OrderRequest {
+    /// Buyer.
+    pub user_id: i64,
+    /// (item, units), distinct items.
+    pub lines: Vec<(ItemId, Quantity)>,
+    /// Coupon named by the request.
+    pub coupon_id: Option<i64>,
+    /// Idempotency key and request hash.
+    pub idempotency: Option<(String, String)>,
+}
+
+/// How a saga ended, for the HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SagaOutcome {
+    /// SUCCEEDED.
+    Succeeded(i64),
+    /// FAILED because a line lacked stock.
+    OutOfStock(i64),
+    /// FAILED because a line named an unknown item.
+    ItemNotFound(i64),
+    /// The key was used before with this same request: replay that order.
+    Replay(i64),
+    /// The key was used before with another request.
+    KeyReused,
+    /// FAILED (compensated) because a dependency failed.
+    Failed(i64, String),
+    /// The coupon could not be used; nothing was written.
+    CouponRefused(CouponProblem),
+    /// Every line was reserved but the final write's outcome is unknown: the order is
+    /// SUCCEEDED, or still PROCESSING and failed later by the sweeper.
+    Undetermined(i64, String),
+}
+
+/// Why an order's coupon could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CouponProblem {
+    /// No such coupon.
+    NotFound,
+    /// The member was never issued it.
+    NotIssued,
+    /// The member's coupon is used by another order.
+    AlreadyUsed,
+    /// It is bound to an item the order does not contain.
+    NotApplicable,
+}
+
+/// Why a saga could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SagaError {
+    /// Too much work waiting, or the database breaker is open.
+    #[error("overloaded")]
+    Overloaded {
+        /// Seconds to wait.
+        retry_after_secs: u32,
+    },
+    /// Could not write the order at all.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Size of the id blocks a node takes at a time: one database round trip per this many orders.
+const ORDER_ID_BLOCK: i64 = 1_000;
+/// Events kept for slow SSE subscribers before they must re-read the order.
+const EVENT_BUFFER: usize = 4_096;
+
+#[derive(Debug)]
+struct IdBlock {
+    next: i64,
+    end: i64,
+}
+
+/// What every saga of the node shares.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    /// The durable writes (the group committer; a fault-injecting wrapper in tests).
+    pub(crate) ledger: Arc<dyn OrderLedger>,
+    /// How lines take stock: the stock actors, or a comparison strategy chosen at start.
+    pub(crate) stock: Arc<dyn StockPath>,
+    pub(crate) coupons: CouponActors,
+    /// Guards the saga's forward writes (recording and confirming an order). Compensation is
+    /// not gated by it: undoing must go through whenever the database takes it.
+    pub(crate) breaker: Arc<CircuitBreaker>,
+    pub(crate) retry: RetryPolicy,
+    /// How long a saga may spend reserving (waiting and retrying). It may outlive the client's
+    /// answer deadline (the client then has its 202), but must end well before its
+    /// reservations expire, or it would confirm units the sweeper already gave back.
+    pub(crate) reserve_deadline: Duration,
+    pub(crate) events: broadcast::Sender<OrderEvent>,
+    ids: tokio::sync::Mutex<IdBlock>,
+    running: Mutex<HashMap<i64, SagaView>>,
+    failures: Failures,
+}
+
+impl Inner {
+    /// Announces a status change to SSE streams and waiting duplicates.
+    pub(crate) fn publish(&self, order_id: i64, status: OrderStatus) {
+        let _ = self.events.send(OrderEvent { order_id, status });
+    }
+
+    /// Shows a saga's current step in the admin view (`None`: the saga ended).
+    pub(crate) fn set_step(&self, order_id: i64, step: Option<&'static str>) {
+        if let Ok(mut running) = self.running.lock() {
+            match step {
+                Some(step) => {
+                    running.insert(
+                        order_id,
+                        SagaView {
+                            kind: "order-saga",
+                            key: order_id,
+                            step,
+                            restarts: 0,
+                            last_error: None,
+                            mailbox_len: 0,
+                        },
+                    );
+                }
+                None => {
+                    running.remove(&order_id);
+                }
+            }
+        }
+    }
+}
+
+/// A running saga as the admin endpoint shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaView {
+    /// Always "order-saga".
+    pub kind: &'static str,
+    /// Order id.
+    pub key: i64,
+    /// Current step.
+    pub step: &'static str,
+    /// Saga failures seen by the supervisor since start (node-wide).
+    pub restarts: u64,
+    /// The last of them.
+    pub last_error: Option<String>,
+    /// Always 0: a saga takes no messages after it starts.
+    pub mailbox_len: usize,
+}
+
+/// What sagas depend on, chosen at start.
+#[derive(Debug)]
+pub struct SagaDeps {
+    /// Reads (ids, recovery).
+    pub db: Database,
+    /// The durable writes.
+    pub ledger: Arc<dyn OrderLedger>,
+    /// How lines take stock.
+    pub stock: Arc<dyn StockPath>,
+    /// Coupons named by orders.
+    pub coupons: CouponActors,
+    /// The database breaker.
+    pub breaker: Arc<CircuitBreaker>,
+    /// See [`Inner::reserve_deadline`].
+    pub reserve_deadline: Duration,
+}
+
+/// Starts and tracks order sagas.
+#[derive(Debug, Clone)]
+pub struct OrderSagas {
+    inner: Arc<Inner>,
+    supervisor: ActorRef<()>,
+}
+
+impl OrderSagas {
+    /// Starts the saga supervisor.
+    pub async fn start(deps: SagaDeps) -> Result<Self, ractor::SpawnErr> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let inner = Arc::new(Inner {
+            db: deps.db,
+            ledger: deps.ledger,
+            stock: deps.stock,
+            coupons: deps.coupons,
+            breaker: deps.breaker,
+            // A contended SQLite write can fail fast with SQLITE_BUSY; retries are cheap and
+            // bounded by the answer deadline, so allow several.
+            retry: RetryPolicy {
+                max_attempts: 10,
+                ..RetryPolicy::default()
+            },
+            reserve_deadline: deps.reserve_deadline,
+            events,
+            ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
+            running: Mutex::new(HashMap::new()),
+            failures: Failures::default(),
+        });
+        // A failed saga is compensated at once: its order is failed, its HELD reservations
+        // released and its coupon given back, in one transaction (the same write a saga's own
+        // failure path makes; it changes nothing if the order already reached a final status).
+        // Should that write fail too, the reservations still expire and the order is
+        // compensated at the next start (`recovery`).
+        let ledger = inner.ledger.clone();
+        let supervisor = start_supervisor(
+            "saga",
+            inner.failures.clone(),
+            Box::new(move |order_id, _| {
+                let ledger = ledger.clone();
+                tokio::spawn(async move {
+                    let compensated = ledger
+                        .resolve(OrderResolution {
+                            order_id,
+                            line_statuses: Vec::new(),
+                            failure: Some("the order saga failed".into()),
+                        })
+                        .await;
+                    if let Err(e) = compensated {
+                        tracing::warn!(order_id, error = %e, "compensating a failed saga failed; the next start will");
+                    }
+                });
+            }),
+        )
+        .await?;
+        Ok(Self { inner, supervisor })
+    }
+
+    /// Order status changes as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<OrderEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Running sagas, for the admin endpoint.
+    pub fn views(&self) -> Vec<SagaView> {
+        let failures = self.inner.failures.total();
+        let mut views: Vec<SagaView> = self
+            .inner
+            .running
+            .lock()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        for v in &mut views {
+            v.restarts = failures.restarts;
+            v.last_error.clone_from(&failures.last_error);
+        }
+        views.sort_by_key(|v| v.key);
+        views
+    }
+
+    /// Starts a saga; the receiver yields its outcome. The saga goes on if the caller stops
+    /// waiting: its state is durable from its first write.
+    pub async fn start_order(
+        &self,
+        request: OrderRequest,
+    ) -> Result<(i64, oneshot::Receiver<SagaOutcome>), SagaError> {
+        let order_id = self.next_order_id().await?;
+        let (reply, rx) = oneshot::channel();
+        Actor::spawn_linked(
+            Some(actor_name("saga", order_id)),
+            OrderSaga,
+            SagaArgs {
+                inner: self.inner.clone(),
+                order_id,
+                request,
+                reply: Some(reply),
+            },
+            self.supervisor.get_cell(),
+        )
+        .await
+        .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+        Ok((order_id, rx))
+    }
+
+    async fn next_order_id(&self) -> Result<i64, SagaError> {
+        let mut block = self.inner.ids.lock().await;
+        if block.next >= block.end {
+            let first = self
+                .inner
+                .db
+                .allocate_order_ids(ORDER_ID_BLOCK)
+                .await
+                .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+            block.next = first;
+            block.end = first + ORDER_ID_BLOCK;
+        }
+        let id = block.next;
+        block.next += 1;
+        Ok(id)
+    }
+
+    /// Stops the supervisor (after the HTTP layer has drained).
+    pub fn stop(&self) {
+        self.supervisor.stop(None);
+    }
+}
