@@ -10,6 +10,13 @@
 //! ([`HalfOpen`](CircuitState::HalfOpen)); the trial's outcome either closes
 //! the circuit again or re-opens it for another `open_for` period.
 //!
+//! Guard a call with [`CircuitBreaker::call`], or with
+//! [`CircuitBreaker::call_classified`] when some errors say nothing about the
+//! dependency's health (overloaded, conflict): the permit is held across the
+//! awaited call, so the breaker sees exactly the call it guards. Use
+//! [`CircuitBreaker::check`] to fail fast before queueing work; it takes no
+//! trial slot.
+//!
 //! The breaker is a small piece of state behind a `std::sync::Mutex`; every
 //! operation is O(1) and never holds the lock across an `.await`, so it is
 //! cheap enough to consult on every request.
@@ -24,7 +31,7 @@ use serde::Serialize;
 
 /// Source of the current time. Injectable so tests can move time forward
 /// without sleeping.
-pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// Number of buckets in the sliding failure-rate window.
 ///
@@ -301,7 +308,8 @@ impl CircuitBreaker {
 
     /// Replaces the time source (for tests). Must return monotone instants.
     /// Call before the breaker is used: it restarts the statistics window.
-    pub fn with_clock(mut self, clock: Clock) -> Self {
+    #[cfg(test)]
+    fn with_clock(mut self, clock: Clock) -> Self {
         let now = clock();
         let inner = self.inner.get_mut().unwrap_or_else(PoisonError::into_inner);
         inner.window = Window::new(now, self.config.window);
@@ -309,25 +317,45 @@ impl CircuitBreaker {
         self
     }
 
-    /// Name of the protected dependency.
-    pub fn dependency(&self) -> &'static str {
-        self.dependency
-    }
-
-    /// Effective configuration (thresholds below 1 already raised to 1).
-    pub fn config(&self) -> &CircuitConfig {
-        &self.config
-    }
-
     /// Current state (see [`CircuitSnapshot::state`]).
-    pub fn state(&self) -> CircuitState {
+    #[cfg(test)]
+    fn state(&self) -> CircuitState {
         self.lock().phase.state()
     }
 
-    /// Asks to make one call. On `Ok` the caller must make the call and
-    /// report its outcome through the permit; dropping the permit instead
-    /// reports nothing (a cancelled call says nothing about health) and frees
-    /// any half-open trial slot it held.
+    /// Fast-fail check before queueing work for the dependency: `Err` while a
+    /// call would be rejected right now. Takes no permit and no half-open
+    /// trial slot, and changes no state, so it is safe to ask on every
+    /// request; the call itself must still go through [`call`](Self::call) or
+    /// [`call_classified`](Self::call_classified).
+    pub fn check(&self) -> Result<(), Rejected> {
+        let inner = self.lock();
+        match inner.phase {
+            Phase::Closed => Ok(()),
+            Phase::Open => {
+                let elapsed = inner.opened_at.map_or(self.config.open_for, |at| {
+                    (self.clock)().saturating_duration_since(at)
+                });
+                match self.config.open_for.checked_sub(elapsed) {
+                    Some(left) if !left.is_zero() => Err(Rejected { retry_after: left }),
+                    _ => Ok(()),
+                }
+            }
+            Phase::HalfOpen { in_flight } if in_flight >= self.config.half_open_max_trials => {
+                Err(Rejected {
+                    retry_after: self.config.open_for,
+                })
+            }
+            Phase::HalfOpen { .. } => Ok(()),
+        }
+    }
+
+    /// Asks to make one call, for outcomes that cannot be wrapped in one
+    /// future (prefer [`call`](Self::call) or
+    /// [`call_classified`](Self::call_classified)). On `Ok` the caller must
+    /// make the call and report its outcome through the permit; dropping the
+    /// permit instead reports nothing (a cancelled call says nothing about
+    /// health) and frees any half-open trial slot it held.
     pub fn try_acquire(&self) -> Result<CallPermit<'_>, Rejected> {
         let mut inner = self.lock();
         let now = (self.clock)();
@@ -384,17 +412,30 @@ impl CircuitBreaker {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        self.call_classified(f, |_| true).await
+    }
+
+    /// Like [`call`](Self::call), but only errors for which `is_failure` is
+    /// true count against the dependency; the others (overloaded, conflict,
+    /// not found: answers from a healthy dependency) count as successes. The
+    /// permit is held across the awaited call, so a half-open trial is
+    /// decided by the call it admitted.
+    pub async fn call_classified<T, E, F, Fut>(
+        &self,
+        f: F,
+        is_failure: impl Fn(&E) -> bool,
+    ) -> Result<T, CallError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let permit = self.try_acquire()?;
-        match f().await {
-            Ok(value) => {
-                permit.success();
-                Ok(value)
-            }
-            Err(err) => {
-                permit.failure();
-                Err(CallError::Inner(err))
-            }
+        let result = f().await;
+        match &result {
+            Err(err) if is_failure(err) => permit.failure(),
+            _ => permit.success(),
         }
+        result.map_err(CallError::Inner)
     }
 
     /// Current counters and state for the admin API.
@@ -537,11 +578,6 @@ impl<'a> CallPermit<'a> {
             ticket,
             settled: false,
         }
-    }
-
-    /// Whether this permit is a half-open trial call.
-    pub fn is_trial(&self) -> bool {
-        self.ticket.trial
     }
 
     /// Records a successful call.
@@ -701,7 +737,7 @@ mod tests {
         let (b, clock) = tripped();
         clock.advance(Duration::from_secs(2));
         let trial = b.try_acquire().unwrap();
-        assert!(trial.is_trial());
+        assert!(trial.ticket.trial);
         assert_eq!(b.state(), CircuitState::HalfOpen);
         let second = b.try_acquire().unwrap_err();
         assert_eq!(second.retry_after, Duration::from_secs(2));
@@ -767,7 +803,7 @@ mod tests {
         assert_eq!(after.consecutive_failures, before.consecutive_failures);
         // The slot is free again: the next caller becomes the trial.
         let trial = b.try_acquire().unwrap();
-        assert!(trial.is_trial());
+        assert!(trial.ticket.trial);
         trial.success();
         assert_eq!(b.state(), CircuitState::Closed);
     }
@@ -872,16 +908,103 @@ mod tests {
     #[test]
     fn snapshot_serializes_with_camel_case_and_kebab_states() {
         let (b, _clock) = tripped();
-        let rendered = wire::render(&b.snapshot());
         assert_eq!(
-            rendered,
-            "{dependency:\"db\",state:\"open\",consecutiveFailures:5,recentCalls:5,\
-             recentFailures:5,recentFailureRate:1,openedAt:0,retryAfterMs:2000}"
+            serde_json::to_value(b.snapshot()).unwrap(),
+            serde_json::json!({
+                "dependency": "db",
+                "state": "open",
+                "consecutiveFailures": 5,
+                "recentCalls": 5,
+                "recentFailures": 5,
+                "recentFailureRate": 1.0,
+                "openedAt": 0.0,
+                "retryAfterMs": 2000,
+            })
         );
-        assert_eq!(wire::render(&CircuitState::Closed), "\"closed\"");
-        assert_eq!(wire::render(&CircuitState::HalfOpen), "\"half-open\"");
+        assert_eq!(
+            serde_json::to_string(&CircuitState::HalfOpen).unwrap(),
+            "\"half-open\""
+        );
         let closed = CircuitBreaker::new("x", CircuitConfig::default()).snapshot();
-        assert!(wire::render(&closed).ends_with("openedAt:null,retryAfterMs:null}"));
+        let closed = serde_json::to_value(closed).unwrap();
+        assert_eq!(closed["state"], "closed");
+        assert!(closed["openedAt"].is_null() && closed["retryAfterMs"].is_null());
+    }
+
+    #[test]
+    fn check_fails_fast_without_taking_a_trial_slot() {
+        let (b, clock) = tripped();
+        assert_eq!(b.check().unwrap_err().retry_after, Duration::from_secs(2));
+        clock.advance(Duration::from_secs(2));
+        // Checking repeatedly neither turns the circuit half-open nor uses the
+        // single trial slot.
+        assert!(b.check().is_ok());
+        assert!(b.check().is_ok());
+        assert_eq!(b.state(), CircuitState::Open);
+        let trial = b.try_acquire().unwrap();
+        assert!(trial.ticket.trial);
+        assert_eq!(b.check().unwrap_err().retry_after, Duration::from_secs(2));
+        trial.success();
+        assert!(b.check().is_ok());
+        assert_eq!(b.snapshot().recent_calls, 6);
+    }
+
+    #[tokio::test]
+    async fn call_classified_counts_only_dependency_failures() {
+        #[derive(Debug, PartialEq)]
+        enum DbError {
+            Overloaded,
+            Down,
+        }
+        let is_failure = |e: &DbError| *e == DbError::Down;
+        let (b, clock) = breaker(CircuitConfig {
+            failure_threshold: 2,
+            ..CircuitConfig::default()
+        });
+        for _ in 0..5 {
+            let r = b
+                .call_classified(|| async { Err::<(), _>(DbError::Overloaded) }, is_failure)
+                .await;
+            assert!(matches!(r, Err(CallError::Inner(DbError::Overloaded))));
+        }
+        let snap = b.snapshot();
+        assert_eq!(snap.state, CircuitState::Closed);
+        assert_eq!((snap.recent_calls, snap.recent_failures), (5, 0));
+
+        for _ in 0..2 {
+            let r = b
+                .call_classified(|| async { Err::<(), _>(DbError::Down) }, is_failure)
+                .await;
+            assert!(matches!(r, Err(CallError::Inner(DbError::Down))));
+        }
+        assert_eq!(b.state(), CircuitState::Open);
+        let r = b
+            .call_classified(|| async { Ok::<_, DbError>(1) }, is_failure)
+            .await;
+        assert!(matches!(r, Err(CallError::Open { .. })));
+
+        // The trial holds its permit across the await: while it runs, no other
+        // call is admitted, and its (benign) error closes the circuit.
+        clock.advance(Duration::from_secs(2));
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let trial = b.call_classified(
+            || async {
+                let _ = wait.await;
+                Err::<(), _>(DbError::Overloaded)
+            },
+            is_failure,
+        );
+        let other = async {
+            tokio::task::yield_now().await;
+            let r = b
+                .call_classified(|| async { Ok::<_, DbError>(()) }, is_failure)
+                .await;
+            assert!(matches!(r, Err(CallError::Open { .. })));
+            let _ = release.send(());
+        };
+        let (r, ()) = tokio::join!(trial, other);
+        assert!(matches!(r, Err(CallError::Inner(DbError::Overloaded))));
+        assert_eq!(b.state(), CircuitState::Closed);
     }
 
     #[test]
@@ -988,7 +1111,7 @@ mod tests {
             },
         );
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(b.config().failure_threshold, 5);
+        assert_eq!(b.config.failure_threshold, 5);
         let _db = registry.get_or_create("db", CircuitConfig::default());
         let names: Vec<_> = registry.snapshots().iter().map(|s| s.dependency).collect();
         assert_eq!(names, ["db", "payments"]);
@@ -1000,186 +1123,5 @@ mod tests {
         assert_send_sync::<CircuitBreaker>();
         assert_send_sync::<CircuitRegistry>();
         assert_send_sync::<CallPermit<'static>>();
-    }
-
-    /// A tiny JSON-ish serializer, enough to check field and variant names
-    /// without a serde_json dependency.
-    mod wire {
-        use serde::ser::{self, Impossible, Serialize, SerializeStruct};
-        use std::fmt;
-
-        #[derive(Debug)]
-        pub struct Error(String);
-        impl fmt::Display for Error {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-        impl std::error::Error for Error {}
-        impl ser::Error for Error {
-            fn custom<T: fmt::Display>(msg: T) -> Self {
-                Self(msg.to_string())
-            }
-        }
-
-        pub fn render<T: Serialize>(value: &T) -> String {
-            value.serialize(Render).unwrap()
-        }
-
-        struct Render;
-
-        pub struct Fields(Vec<String>);
-
-        impl SerializeStruct for Fields {
-            type Ok = String;
-            type Error = Error;
-            fn serialize_field<T: ?Sized + Serialize>(
-                &mut self,
-                key: &'static str,
-                value: &T,
-            ) -> Result<(), Error> {
-                self.0.push(format!("{key}:{}", value.serialize(Render)?));
-                Ok(())
-            }
-            fn end(self) -> Result<String, Error> {
-                Ok(format!("{{{}}}", self.0.join(",")))
-            }
-        }
-
-        fn unsupported<T>() -> Result<T, Error> {
-            Err(Error("unsupported".into()))
-        }
-
-        impl ser::Serializer for Render {
-            type Ok = String;
-            type Error = Error;
-            type SerializeSeq = Impossible<String, Error>;
-            type SerializeTuple = Impossible<String, Error>;
-            type SerializeTupleStruct = Impossible<String, Error>;
-            type SerializeTupleVariant = Impossible<String, Error>;
-            type SerializeMap = Impossible<String, Error>;
-            type SerializeStruct = Fields;
-            type SerializeStructVariant = Impossible<String, Error>;
-
-            fn serialize_bool(self, v: bool) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_i8(self, v: i8) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_i16(self, v: i16) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_i32(self, v: i32) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_i64(self, v: i64) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_u8(self, v: u8) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_u16(self, v: u16) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_u32(self, v: u32) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_u64(self, v: u64) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_f32(self, v: f32) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_f64(self, v: f64) -> Result<String, Error> {
-                Ok(v.to_string())
-            }
-            fn serialize_char(self, v: char) -> Result<String, Error> {
-                Ok(format!("{v:?}"))
-            }
-            fn serialize_str(self, v: &str) -> Result<String, Error> {
-                Ok(format!("{v:?}"))
-            }
-            fn serialize_bytes(self, _: &[u8]) -> Result<String, Error> {
-                unsupported()
-            }
-            fn serialize_none(self) -> Result<String, Error> {
-                Ok("null".into())
-            }
-            fn serialize_some<T: ?Sized + Serialize>(self, v: &T) -> Result<String, Error> {
-                v.serialize(self)
-            }
-            fn serialize_unit(self) -> Result<String, Error> {
-                Ok("null".into())
-            }
-            fn serialize_unit_struct(self, _: &'static str) -> Result<String, Error> {
-                Ok("null".into())
-            }
-            fn serialize_unit_variant(
-                self,
-                _: &'static str,
-                _: u32,
-                variant: &'static str,
-            ) -> Result<String, Error> {
-                Ok(format!("{variant:?}"))
-            }
-            fn serialize_newtype_struct<T: ?Sized + Serialize>(
-                self,
-                _: &'static str,
-                v: &T,
-            ) -> Result<String, Error> {
-                v.serialize(self)
-            }
-            fn serialize_newtype_variant<T: ?Sized + Serialize>(
-                self,
-                _: &'static str,
-                _: u32,
-                _: &'static str,
-                _: &T,
-            ) -> Result<String, Error> {
-                unsupported()
-            }
-            fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Error> {
-                unsupported()
-            }
-            fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Error> {
-                unsupported()
-            }
-            fn serialize_tuple_struct(
-                self,
-                _: &'static str,
-                _: usize,
-            ) -> Result<Self::SerializeTupleStruct, Error> {
-                unsupported()
-            }
-            fn serialize_tuple_variant(
-                self,
-                _: &'static str,
-                _: u32,
-                _: &'static str,
-                _: usize,
-            ) -> Result<Self::SerializeTupleVariant, Error> {
-                unsupported()
-            }
-            fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Error> {
-                unsupported()
-            }
-            fn serialize_struct(
-                self,
-                _: &'static str,
-                len: usize,
-            ) -> Result<Self::SerializeStruct, Error> {
-                Ok(Fields(Vec::with_capacity(len)))
-            }
-            fn serialize_struct_variant(
-                self,
-                _: &'static str,
-                _: u32,
-                _: &'static str,
-                _: usize,
-            ) -> Result<Self::SerializeStructVariant, Error> {
-                unsupported()
-            }
-        }
     }
 }

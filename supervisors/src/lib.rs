@@ -1,15 +1,29 @@
-//! Supervision of Surge's calls to its dependencies.
+//! Supervision in Surge: of its actors, and of its calls to dependencies.
 //!
-//! Every call to a dependency (database, payment gateway, cluster peers)
-//! goes through two guards:
+//! This crate owns:
 //!
-//! * a [`CircuitBreaker`] per dependency. After a run of consecutive
-//!   failures it opens and rejects calls immediately, so a dead dependency
-//!   makes requests fail in microseconds with a precise `retry_after` instead
-//!   of tying up a worker, a connection and the client for a full timeout
-//!   each. After a cool-down it lets a single trial call through to find out
-//!   whether the dependency is back. Breakers live in a [`CircuitRegistry`],
-//!   whose [`snapshots`](CircuitRegistry::snapshots) feed the admin API.
+//! * [`Supervisor`]: a one-for-one ractor supervisor for actors keyed by a
+//!   `K` (item id, coupon id, order id). Children are spawned through it, so
+//!   each failure is attributed to its key by actor id; it keeps per-key
+//!   failure records and a [`RestartIntensity`] limit, and hands failures to a
+//!   [`SupervisionHook`] (compensation for order sagas, restarts for
+//!   registries).
+//! * [`ActorRegistry`]: one actor per key, started on first use from durable
+//!   state through an [`ActorFactory`], admitted against a per-key bound
+//!   ([`Admission`]), restarted eagerly after a failure, and answering
+//!   [`RegistryError::Failed`] while a key fails too often. Stock and coupon
+//!   actors live in registries.
+//! * a [`CircuitBreaker`] per dependency (database, Redis, payment gateway).
+//!   After a run of consecutive failures it opens and rejects calls
+//!   immediately, so a dead dependency makes requests fail in microseconds
+//!   with a precise `retry_after` instead of tying up a worker, a connection
+//!   and the client for a full timeout each. After a cool-down it lets a
+//!   single trial call through to find out whether the dependency is back.
+//!   Guard calls with [`call`](CircuitBreaker::call) or
+//!   [`call_classified`](CircuitBreaker::call_classified); fail fast with
+//!   [`check`](CircuitBreaker::check). Breakers live in a
+//!   [`CircuitRegistry`], whose [`snapshots`](CircuitRegistry::snapshots)
+//!   feed the admin API.
 //! * [`retry()`] with full-jitter exponential backoff ([`RetryPolicy`]), bounded
 //!   by the deadline of the request being served: a retry that could not
 //!   finish before the client gives up is not attempted, and the last error
@@ -39,10 +53,19 @@
 //! ```
 
 pub mod circuit;
+pub mod registry;
 pub mod retry;
+pub mod supervisor;
 
 pub use circuit::{
     CallError, CallPermit, CircuitBreaker, CircuitConfig, CircuitRegistry, CircuitSnapshot,
-    CircuitState, Clock, Rejected,
+    CircuitState, Rejected,
+};
+pub use registry::{
+    ActorFactory, ActorRegistry, Admission, KeyView, RegistryError, RegistryLimits, StartError,
 };
 pub use retry::{RetryPolicy, retry};
+pub use supervisor::{
+    Failure, KeyFailures, NoHook, OnFailure, RestartIntensity, SpawnError, SupervisedKey,
+    SupervisionHook, Supervisor,
+};
