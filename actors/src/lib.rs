@@ -9,7 +9,6 @@
 pub mod coupons;
 pub mod orders;
 pub mod stock;
-mod supervision;
 
 pub use coupons::{
     CouponActors, CouponConfig, CouponError, CouponStore, IssueOutcome, IssueWriter,

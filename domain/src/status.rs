@@ -181,6 +181,9 @@ mod tests {
             .copied()
             .filter(|s| s.is_refusal())
             .collect();
-        assert_eq!(refusals, vec![LineStatus::OutOfStock, LineStatus::ItemNotFound]);
+        assert_eq!(
+            refusals,
+            vec![LineStatus::OutOfStock, LineStatus::ItemNotFound]
+        );
     }
 }

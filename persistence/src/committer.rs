@@ -9,9 +9,7 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::coupons::{self, NewIssue};
-use crate::orders::{
-    self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ResolveOutcome,
-};
+use crate::orders::{self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ResolveOutcome};
 use crate::stock::{self, ReserveBatch, ReserveOutcome};
 use crate::{Database, PersistenceError, now_millis};
 

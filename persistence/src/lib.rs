@@ -5,8 +5,8 @@
 //! no vendor functions on the hot path. Each back end has its own migration folder because DDL
 //! (identity columns) is where the dialects really differ.
 
-pub mod comparison;
 pub mod committer;
+pub mod comparison;
 pub mod coupons;
 mod db;
 mod error;

@@ -425,7 +425,8 @@ pub(crate) async fn resolve_order(
     if i64::try_from(confirmed).unwrap_or(i64::MAX) != lines {
         // A reservation expired before the saga confirmed it: the order cannot succeed. Put
         // back what was just confirmed and fail it, all in this transaction.
-        stock_rows::release_all(conn, resolution.order_id, ReservationStatus::Confirmed, now).await?;
+        stock_rows::release_all(conn, resolution.order_id, ReservationStatus::Confirmed, now)
+            .await?;
         return fail_order(
             conn,
             resolution.order_id,
@@ -569,7 +570,10 @@ impl Database {
         let mut by_order: std::collections::HashMap<i64, Vec<OrderLineRecord>> =
             std::collections::HashMap::with_capacity(rows.len());
         for row in lines {
-            by_order.entry(row.order_id).or_default().push(row.line.decode()?);
+            by_order
+                .entry(row.order_id)
+                .or_default()
+                .push(row.line.decode()?);
         }
         rows.into_iter()
             .map(|row| {

@@ -356,7 +356,7 @@ impl CircuitBreaker {
     /// make the call and report its outcome through the permit; dropping the
     /// permit instead reports nothing (a cancelled call says nothing about
     /// health) and frees any half-open trial slot it held.
-    pub fn try_acquire(&self) -> Result<CallPermit<'_>, Rejected> {
+    pub(crate) fn try_acquire(&self) -> Result<CallPermit<'_>, Rejected> {
         let mut inner = self.lock();
         let now = (self.clock)();
         let trial = match inner.phase {
@@ -555,7 +555,7 @@ impl CircuitBreaker {
 /// outcome with [`success`](Self::success) or [`failure`](Self::failure);
 /// dropping it records nothing but frees a half-open trial slot.
 #[must_use = "report the call's outcome with .success() or .failure()"]
-pub struct CallPermit<'a> {
+pub(crate) struct CallPermit<'a> {
     breaker: &'a CircuitBreaker,
     ticket: Ticket,
     settled: bool,

@@ -58,8 +58,8 @@ pub mod retry;
 pub mod supervisor;
 
 pub use circuit::{
-    CallError, CallPermit, CircuitBreaker, CircuitConfig, CircuitRegistry, CircuitSnapshot,
-    CircuitState, Rejected,
+    CallError, CircuitBreaker, CircuitConfig, CircuitRegistry, CircuitSnapshot, CircuitState,
+    Rejected,
 };
 pub use registry::{
     ActorFactory, ActorRegistry, Admission, KeyView, RegistryError, RegistryLimits, StartError,

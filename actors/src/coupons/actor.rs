@@ -141,7 +141,12 @@ impl CouponActor {
             }
         }
     }
-    pub(super) fn take_request(&self, myself: &ActorRef<CouponMsg>, state: &mut CouponState, call: IssueCall) {
+    pub(super) fn take_request(
+        &self,
+        myself: &ActorRef<CouponMsg>,
+        state: &mut CouponState,
+        call: IssueCall,
+    ) {
         if let CouponStore::Embedded = self.store
             && let Some(outcome) = Self::decide_embedded(state, &call)
         {

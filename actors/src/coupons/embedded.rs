@@ -15,7 +15,10 @@ use super::{CouponError, IssueOutcome};
 impl CouponActor {
     /// Decides a request in embedded mode. `Some` is a final answer; `None` means the issue
     /// was taken and is waiting for its batch.
-    pub(super) fn decide_embedded(state: &mut CouponState, call: &IssueCall) -> Option<IssueOutcome> {
+    pub(super) fn decide_embedded(
+        state: &mut CouponState,
+        call: &IssueCall,
+    ) -> Option<IssueOutcome> {
         let now = now_millis();
         if now < state.coupon.def.opens_at {
             return Some(IssueOutcome::NotOpen {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use surge_persistence::committer::GroupCommitter;
 use surge_persistence::redis_coupons::{IssueStream, RedisCoupons, RedisError, StreamIssue};
-use surge_supervisors::CircuitBreaker;
+use surge_supervisors::{CallError, CircuitBreaker};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -103,16 +103,18 @@ async fn run(
             };
             write_batch(s, &committer, entries).await
         };
-        match round.await {
+        // Only Redis's own failures count against its breaker; a database that refuses the
+        // batch is the database breaker's business. While the breaker is open the writer
+        // waits instead of probing Redis on every round.
+        let counted = breaker
+            .call_classified(|| round, |e| matches!(e, RoundError::Redis(_)))
+            .await;
+        match counted {
             Ok(_) => backoff = MIN_BACKOFF,
-            Err(e) => {
-                // Only Redis's own failures count against its breaker; a database that refuses
-                // the batch is the database breaker's business.
-                if let RoundError::Redis(_) = e
-                    && let Ok(permit) = breaker.try_acquire()
-                {
-                    permit.failure();
-                }
+            Err(CallError::Open { retry_after }) => {
+                tokio::time::sleep(retry_after.max(MIN_BACKOFF)).await;
+            }
+            Err(CallError::Inner(e)) => {
                 tracing::warn!(error = %e, "coupon issue writer round failed; retrying");
                 stream = None;
                 read_pending = true;

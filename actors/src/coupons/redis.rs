@@ -9,7 +9,7 @@ use ractor::ActorRef;
 use surge_persistence::Database;
 use surge_persistence::coupons::CouponRecord;
 use surge_persistence::redis_coupons::{RedisCoupons, RedisIssue};
-use surge_supervisors::CircuitBreaker;
+use surge_supervisors::{CallError, CircuitBreaker};
 
 use super::actor::{CouponMsg, IssueCall};
 use super::{CouponError, IssueOutcome};
@@ -60,19 +60,11 @@ async fn redis_batch(
     coupon: &CouponRecord,
     calls: &[(i64, Option<String>)],
 ) -> Vec<Result<IssueOutcome, CouponError>> {
-    let permit = match breaker.try_acquire() {
-        Ok(p) => p,
-        Err(rejected) => {
-            return calls
-                .iter()
-                .map(|_| Err(breaker_open(rejected.retry_after)))
-                .collect();
+    let pipeline = || async {
+        let answers = redis.issue_batch(coupon.id, calls).await?;
+        if !answers.iter().any(|r| matches!(r, Ok(RedisIssue::Unknown))) {
+            return Ok(answers);
         }
-    };
-    let mut answers = redis.issue_batch(coupon.id, calls).await;
-    let unknown =
-        matches!(&answers, Ok(a) if a.iter().any(|r| matches!(r, Ok(RedisIssue::Unknown))));
-    if unknown {
         // Redis lost the coupon (restart without persistence, eviction): seed it from the
         // database and ask once more.
         let seeded = match db.coupon_holders(coupon.id).await {
@@ -82,31 +74,31 @@ async fn redis_batch(
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        answers = match seeded {
+        match seeded {
             Ok(()) => redis.issue_batch(coupon.id, calls).await,
             Err(e) => {
                 tracing::warn!(coupon = coupon.id, error = %e, "seeding a coupon into Redis failed");
-                answers
+                Ok(answers)
             }
-        };
-    }
-    match answers {
-        Ok(answers) => {
-            permit.success();
-            answers
-                .into_iter()
-                .zip(calls)
-                .map(|(a, (_, key))| match a {
-                    Ok(RedisIssue::Unknown) => Err(CouponError::Unavailable(
-                        "the coupon is not in Redis".into(),
-                    )),
-                    Ok(a) => Ok(redis_outcome(a, key.as_deref(), coupon.def.opens_at)),
-                    Err(e) => Err(CouponError::Unavailable(e.to_string())),
-                })
-                .collect()
         }
-        Err(e) => {
-            permit.failure();
+    };
+    match breaker.call(pipeline).await {
+        Ok(answers) => answers
+            .into_iter()
+            .zip(calls)
+            .map(|(a, (_, key))| match a {
+                Ok(RedisIssue::Unknown) => Err(CouponError::Unavailable(
+                    "the coupon is not in Redis".into(),
+                )),
+                Ok(a) => Ok(redis_outcome(a, key.as_deref(), coupon.def.opens_at)),
+                Err(e) => Err(CouponError::Unavailable(e.to_string())),
+            })
+            .collect(),
+        Err(CallError::Open { retry_after }) => calls
+            .iter()
+            .map(|_| Err(breaker_open(retry_after)))
+            .collect(),
+        Err(CallError::Inner(e)) => {
             tracing::warn!(coupon = coupon.id, error = %e, "redis issue pipeline failed");
             // The pipeline may have reached Redis before the connection failed or the answer
             // timed out: its scripts may have run. Only a retry (same key) can tell.

@@ -1,30 +1,76 @@
-//! [`CouponActors`]: the node's coupon actors, one per live coupon, started on first use and
-//! supervised; the entry point the HTTP layer and the order saga call.
+//! [`CouponActors`]: the node's coupon actors, one per live coupon, started on first use by the
+//! generic [`ActorRegistry`](surge_supervisors::ActorRegistry) and supervised: a failed actor
+//! is restarted from durable state (the database, and Redis in Redis mode) within the restart
+//! intensity; past it the coupon answers 503 until the window lets it go.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 
-use ractor::{Actor, ActorRef};
+use ractor::ActorRef;
 use serde::Serialize;
 use surge_persistence::Database;
 use surge_persistence::committer::GroupCommitter;
 use surge_persistence::coupons::{CouponRecord, NewIssue};
-use tokio::sync::OnceCell;
+use surge_supervisors::{
+    ActorFactory, ActorRegistry, Admission, RegistryError, RegistryLimits, RestartIntensity,
+    StartError,
+};
 
 use super::actor::{CouponActor, CouponArgs, CouponMsg, CouponStats};
 use super::redis::breaker_open;
 use super::{CouponConfig, CouponError, CouponStore, IssueOutcome, QUERY_TIMEOUT, QueueStatus};
-use crate::supervision::{Failures, actor_name, start_supervisor};
 
-/// A coupon actor as the registry holds it.
-#[derive(Debug)]
-struct Slot {
-    actor: OnceCell<ActorRef<CouponMsg>>,
-    /// Requests on their way to or inside the actor: the admission bound.
-    waiting: Arc<AtomicUsize>,
+/// What a coupon's slot keeps across actor restarts.
+#[derive(Debug, Default)]
+pub struct CouponShared {
     stats: Arc<CouponStats>,
-    coupon: OnceCell<CouponRecord>,
+    /// The coupon's definition, read when its first actor started (immutable once created).
+    coupon: OnceLock<CouponRecord>,
+}
+
+/// Starts a coupon's actor from the database.
+#[derive(Debug)]
+pub(super) struct CouponFactory {
+    db: Database,
+    committer: GroupCommitter,
+    store: CouponStore,
+    config: CouponConfig,
+}
+
+impl ActorFactory for CouponFactory {
+    type Key = i64;
+    type Actor = CouponActor;
+    type Shared = CouponShared;
+
+    fn shared(&self, _coupon_id: i64) -> CouponShared {
+        CouponShared::default()
+    }
+
+    async fn start(
+        &self,
+        coupon_id: i64,
+        shared: Arc<CouponShared>,
+    ) -> Result<(CouponActor, CouponArgs), StartError> {
+        let coupon = self
+            .db
+            .coupon_by_id(coupon_id)
+            .await
+            .map_err(|e| StartError::Unavailable(e.to_string()))?
+            .ok_or(StartError::NotFound)?;
+        let _ = shared.coupon.set(coupon.clone());
+        Ok((
+            CouponActor {
+                db: self.db.clone(),
+                committer: self.committer.clone(),
+                store: self.store.clone(),
+                config: self.config.clone(),
+            },
+            CouponArgs {
+                coupon,
+                stats: shared.stats.clone(),
+            },
+        ))
+    }
 }
 
 /// What the admin endpoint shows of a coupon actor.
@@ -41,21 +87,14 @@ pub struct CouponActorView {
     pub restarts: u64,
     /// The last failure.
     pub last_error: Option<String>,
+    /// Marked failed by the restart-intensity limit: the coupon answers 503 for now.
+    pub failed: bool,
     /// Coupons left as the actor knows it (embedded mode; Redis mode shows the count at start).
     pub remaining: i64,
     /// Members in the waiting room.
     pub waiting_room: usize,
     /// Size of the last batch.
     pub last_batch_size: usize,
-}
-
-/// Gives back the slot's waiting count when an issue request ends, however it ends.
-struct Waiting(Arc<AtomicUsize>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Every coupon actor of the node, started on first use and supervised.
@@ -65,122 +104,70 @@ pub struct CouponActors {
     committer: GroupCommitter,
     store: CouponStore,
     config: CouponConfig,
-    slots: Arc<Mutex<HashMap<i64, Arc<Slot>>>>,
-    /// Failures per coupon. A failed actor is dropped from the registry; the next request
-    /// starts a fresh one from durable state (the database, or Redis).
-    failures: Failures,
-    supervisor: ActorRef<()>,
+    registry: ActorRegistry<CouponFactory>,
+}
+
+fn refused(e: RegistryError) -> CouponError {
+    match e {
+        RegistryError::NotFound => CouponError::NotFound,
+        RegistryError::Overloaded => CouponError::Overloaded {
+            retry_after_secs: 1,
+        },
+        RegistryError::Failed { retry_after } => CouponError::Overloaded {
+            retry_after_secs: u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX),
+        },
+        RegistryError::Unavailable(cause) => CouponError::Unavailable(cause),
+    }
 }
 
 impl CouponActors {
-    /// Starts the supervisor.
+    /// Starts the registry and its supervisor.
     pub async fn start(
         db: Database,
         committer: GroupCommitter,
         store: CouponStore,
         config: CouponConfig,
     ) -> Result<Self, ractor::SpawnErr> {
-        let slots: Arc<Mutex<HashMap<i64, Arc<Slot>>>> = Arc::default();
-        let failures = Failures::default();
-        let registry = slots.clone();
-        let supervisor = start_supervisor(
-            "coupon",
-            failures.clone(),
-            Box::new(move |coupon_id, id| {
-                if let Ok(mut map) = registry.lock()
-                    && map
-                        .get(&coupon_id)
-                        .and_then(|s| s.actor.get())
-                        .is_some_and(|a| a.get_id() == id)
-                {
-                    map.remove(&coupon_id);
-                }
-            }),
-        )
-        .await?;
+        let factory = CouponFactory {
+            db: db.clone(),
+            committer: committer.clone(),
+            store: store.clone(),
+            config: config.clone(),
+        };
+        let limits = RegistryLimits {
+            max_waiting_per_key: config.max_waiting_per_coupon,
+            intensity: RestartIntensity::default(),
+        };
+        let registry = ActorRegistry::start("coupon", factory, limits).await?;
         Ok(Self {
             db,
             committer,
             store,
             config,
-            slots,
-            failures,
-            supervisor,
+            registry,
         })
     }
 
-    fn slot(&self, coupon_id: i64) -> Result<Arc<Slot>, CouponError> {
-        let mut map = self
-            .slots
-            .lock()
-            .map_err(|_| CouponError::Unavailable("registry poisoned".into()))?;
-        Ok(map
-            .entry(coupon_id)
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    actor: OnceCell::new(),
-                    waiting: Arc::default(),
-                    stats: Arc::default(),
-                    coupon: OnceCell::new(),
-                })
-            })
-            .clone())
+    /// The coupon's actor (started from durable state if needed), with the caller's place in
+    /// its queue: held until the caller drops it.
+    async fn actor(
+        &self,
+        coupon_id: i64,
+    ) -> Result<(Admission<CouponFactory>, ActorRef<CouponMsg>), CouponError> {
+        let admission = self.registry.admit(coupon_id).map_err(refused)?;
+        let actor = admission.actor().await.map_err(refused)?;
+        Ok((admission, actor))
     }
 
-    /// A coupon's definition (immutable once created, so cached for the actor's lifetime).
+    /// A coupon's definition (immutable once created, so kept for the slot's lifetime).
     pub async fn definition(&self, coupon_id: i64) -> Result<CouponRecord, CouponError> {
-        let slot = self.slot(coupon_id)?;
-        let found = slot
+        let (admission, _) = self.actor(coupon_id).await?;
+        admission
+            .shared()
             .coupon
-            .get_or_try_init(|| async {
-                self.db
-                    .coupon_by_id(coupon_id)
-                    .await
-                    .map_err(|e| CouponError::Unavailable(e.to_string()))?
-                    .ok_or(CouponError::NotFound)
-            })
-            .await;
-        match found {
-            Ok(c) => Ok(c.clone()),
-            Err(CouponError::NotFound) => {
-                if let Ok(mut map) = self.slots.lock()
-                    && map.get(&coupon_id).is_some_and(|s| s.actor.get().is_none())
-                {
-                    map.remove(&coupon_id);
-                }
-                Err(CouponError::NotFound)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn actor(&self, coupon_id: i64) -> Result<(Arc<Slot>, ActorRef<CouponMsg>), CouponError> {
-        let coupon = self.definition(coupon_id).await?;
-        let slot = self.slot(coupon_id)?;
-        let actor = slot
-            .actor
-            .get_or_try_init(|| async {
-                let (actor, _) = Actor::spawn_linked(
-                    Some(actor_name("coupon", coupon_id)),
-                    CouponActor {
-                        db: self.db.clone(),
-                        committer: self.committer.clone(),
-                        store: self.store.clone(),
-                        config: self.config.clone(),
-                    },
-                    CouponArgs {
-                        coupon,
-                        stats: slot.stats.clone(),
-                    },
-                    self.supervisor.get_cell(),
-                )
-                .await
-                .map_err(|e| CouponError::Unavailable(e.to_string()))?;
-                Ok::<_, CouponError>(actor)
-            })
-            .await?
-            .clone();
-        Ok((slot, actor))
+            .get()
+            .cloned()
+            .ok_or_else(|| CouponError::Unavailable("the coupon's definition is missing".into()))
     }
 
     /// Puts a new coupon in service at once (in Redis mode its counters are seeded now, so
@@ -196,19 +183,14 @@ impl CouponActors {
         user_id: i64,
         key: Option<String>,
     ) -> Result<IssueOutcome, CouponError> {
+        // Fail fast while Redis is known down, before taking a place in the queue. The calls
+        // themselves go through the breaker in the actor's pipeline.
         if let CouponStore::Redis { breaker, .. } = &self.store
-            && let Err(rejected) = breaker.try_acquire()
+            && let Err(rejected) = breaker.check()
         {
             return Err(breaker_open(rejected.retry_after));
         }
-        let (slot, actor) = self.actor(coupon_id).await?;
-        if slot.waiting.fetch_add(1, Ordering::AcqRel) >= self.config.max_waiting_per_coupon {
-            slot.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(CouponError::Overloaded {
-                retry_after_secs: 1,
-            });
-        }
-        let _waiting = Waiting(slot.waiting.clone());
+        let (_admission, actor) = self.actor(coupon_id).await?;
         let answer = actor
             .call(
                 |reply| CouponMsg::Issue {
@@ -319,35 +301,27 @@ impl CouponActors {
 
     /// Every live coupon actor, for the admin endpoint.
     pub fn views(&self) -> Vec<CouponActorView> {
-        let slots: Vec<(i64, Arc<Slot>)> = self
-            .slots
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (*k, v.clone())).collect())
-            .unwrap_or_default();
-        let mut views: Vec<CouponActorView> = slots
+        self.registry
+            .views()
             .into_iter()
-            .filter(|(_, s)| s.actor.initialized())
-            .map(|(coupon_id, s)| {
-                let failure = self.failures.of(coupon_id);
-                CouponActorView {
-                    kind: "coupon",
-                    key: coupon_id,
-                    mailbox_len: s.waiting.load(Ordering::Relaxed),
-                    restarts: failure.restarts,
-                    last_error: failure.last_error,
-                    remaining: s.stats.remaining.load(Ordering::Relaxed),
-                    waiting_room: s.stats.room_size.load(Ordering::Relaxed),
-                    last_batch_size: s.stats.last_batch.load(Ordering::Relaxed),
-                }
+            .filter(|v| v.started || v.failed)
+            .map(|v| CouponActorView {
+                kind: "coupon",
+                key: v.key,
+                mailbox_len: v.waiting,
+                restarts: v.restarts,
+                last_error: v.last_error,
+                failed: v.failed,
+                remaining: v.shared.stats.remaining.load(Ordering::Relaxed),
+                waiting_room: v.shared.stats.room_size.load(Ordering::Relaxed),
+                last_batch_size: v.shared.stats.last_batch.load(Ordering::Relaxed),
             })
-            .collect();
-        views.sort_by_key(|v| v.key);
-        views
+            .collect()
     }
 
     /// Stops every coupon actor. Embedded batches in flight finish first (the writer is
     /// drained after the actors), so no answered issue is lost.
     pub fn stop(&self) {
-        self.supervisor.stop(None);
+        self.registry.stop();
     }
 }

@@ -23,17 +23,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
 use serde::Serialize;
 use surge_domain::{ItemId, OrderStatus, Quantity};
 use surge_persistence::Database;
 use surge_persistence::orders::OrderResolution;
-use surge_supervisors::{CircuitBreaker, RetryPolicy};
+use surge_supervisors::{CircuitBreaker, OnFailure, RestartIntensity, RetryPolicy, Supervisor};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::coupons::CouponActors;
 use crate::stock::StockPath;
-use crate::supervision::{Failures, actor_name, start_supervisor};
 pub use events::OrderEvent;
 pub use ledger::OrderLedger;
 use saga::{OrderSaga, SagaArgs};
@@ -131,7 +129,8 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<OrderEvent>,
     ids: tokio::sync::Mutex<IdBlock>,
     running: Mutex<HashMap<i64, SagaView>>,
-    failures: Failures,
+    /// The last saga failure the supervisor saw, for the admin page.
+    last_failure: Mutex<Option<String>>,
 }
 
 impl Inner {
@@ -204,7 +203,7 @@ pub struct SagaDeps {
 #[derive(Debug, Clone)]
 pub struct OrderSagas {
     inner: Arc<Inner>,
-    supervisor: ActorRef<()>,
+    supervisor: Supervisor<i64>,
 }
 
 impl OrderSagas {
@@ -227,21 +226,24 @@ impl OrderSagas {
             events,
             ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
             running: Mutex::new(HashMap::new()),
-            failures: Failures::default(),
+            last_failure: Mutex::new(None),
         });
         // A failed saga is compensated at once: its order is failed, its HELD reservations
         // released and its coupon given back, in one transaction (the same write a saga's own
         // failure path makes; it changes nothing if the order already reached a final status).
         // Should that write fail too, the reservations still expire and the order is
         // compensated at the next start (`recovery`).
-        let ledger = inner.ledger.clone();
-        let supervisor = start_supervisor(
-            "saga",
-            inner.failures.clone(),
-            Box::new(move |order_id, _| {
-                let ledger = ledger.clone();
+        let on_failure = {
+            let inner = Arc::downgrade(&inner);
+            OnFailure(move |failure: &surge_supervisors::Failure<i64>| {
+                let Some(inner) = inner.upgrade() else { return };
+                if let Ok(mut last) = inner.last_failure.lock() {
+                    *last = Some(failure.error.clone());
+                }
+                let order_id = failure.key;
                 tokio::spawn(async move {
-                    let compensated = ledger
+                    let compensated = inner
+                        .ledger
                         .resolve(OrderResolution {
                             order_id,
                             line_statuses: Vec::new(),
@@ -252,9 +254,12 @@ impl OrderSagas {
                         tracing::warn!(order_id, error = %e, "compensating a failed saga failed; the next start will");
                     }
                 });
-            }),
-        )
-        .await?;
+            })
+        };
+        // A saga is never restarted (its request is gone); each order id is used once, so the
+        // intensity limit never bites.
+        let supervisor =
+            Supervisor::start("saga", RestartIntensity::default(), Arc::new(on_failure)).await?;
         Ok(Self { inner, supervisor })
     }
 
@@ -265,7 +270,8 @@ impl OrderSagas {
 
     /// Running sagas, for the admin endpoint.
     pub fn views(&self) -> Vec<SagaView> {
-        let failures = self.inner.failures.total();
+        let restarts = self.supervisor.failures_total();
+        let last_error = self.inner.last_failure.lock().ok().and_then(|l| l.clone());
         let mut views: Vec<SagaView> = self
             .inner
             .running
@@ -273,8 +279,8 @@ impl OrderSagas {
             .map(|r| r.values().cloned().collect())
             .unwrap_or_default();
         for v in &mut views {
-            v.restarts = failures.restarts;
-            v.last_error.clone_from(&failures.last_error);
+            v.restarts = restarts;
+            v.last_error.clone_from(&last_error);
         }
         views.sort_by_key(|v| v.key);
         views
@@ -288,19 +294,19 @@ impl OrderSagas {
     ) -> Result<(i64, oneshot::Receiver<SagaOutcome>), SagaError> {
         let order_id = self.next_order_id().await?;
         let (reply, rx) = oneshot::channel();
-        Actor::spawn_linked(
-            Some(actor_name("saga", order_id)),
-            OrderSaga,
-            SagaArgs {
-                inner: self.inner.clone(),
+        self.supervisor
+            .spawn(
                 order_id,
-                request,
-                reply: Some(reply),
-            },
-            self.supervisor.get_cell(),
-        )
-        .await
-        .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+                OrderSaga,
+                SagaArgs {
+                    inner: self.inner.clone(),
+                    order_id,
+                    request,
+                    reply: Some(reply),
+                },
+            )
+            .await
+            .map_err(|e| SagaError::Unavailable(e.to_string()))?;
         Ok((order_id, rx))
     }
 
@@ -323,6 +329,6 @@ impl OrderSagas {
 
     /// Stops the supervisor (after the HTTP layer has drained).
     pub fn stop(&self) {
-        self.supervisor.stop(None);
+        self.supervisor.stop();
     }
 }

@@ -1,8 +1,8 @@
 //! Recovery at start: orders a previous process left `PROCESSING` are compensated (their held
 //! units released, their coupon given back) and recorded `FAILED`, before the node serves.
 
-use surge_persistence::{Database, PersistenceError};
 use surge_persistence::orders::OrderResolution;
+use surge_persistence::{Database, PersistenceError};
 
 use super::OrderLedger;
 

@@ -13,10 +13,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use surge_domain::{ItemId, LineStatus, OrderStatus, Quantity};
 use surge_persistence::PersistenceError;
 use surge_persistence::coupons::CouponRefusal;
-use surge_persistence::orders::{
-    BeginOutcome, NewOrder, OrderResolution, Refusal, ResolveOutcome,
-};
-use surge_supervisors::retry;
+use surge_persistence::orders::{BeginOutcome, NewOrder, OrderResolution, Refusal, ResolveOutcome};
+use surge_supervisors::{CallError, retry};
 use tokio::sync::oneshot;
 
 use super::place::{coupon_discount, price_lines};
@@ -78,16 +76,14 @@ async fn guarded<T>(
     inner: &Inner,
     write: impl Future<Output = Result<T, PersistenceError>>,
 ) -> Result<T, PersistenceError> {
-    let permit = inner
+    inner
         .breaker
-        .try_acquire()
-        .map_err(|_| PersistenceError::Overloaded)?;
-    let result = write.await;
-    match &result {
-        Err(e) if is_database_failure(e) => permit.failure(),
-        _ => permit.success(),
-    }
-    result
+        .call_classified(|| write, is_database_failure)
+        .await
+        .map_err(|e| match e {
+            CallError::Open { .. } => PersistenceError::Overloaded,
+            CallError::Inner(e) => e,
+        })
 }
 
 /// Runs the saga to its outcome.
@@ -100,8 +96,14 @@ pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderReques
     let discount = match request.coupon_id {
         None => 0,
         Some(coupon_id) => {
-            match coupon_discount(inner, coupon_id, request.user_id, &priced.lines, priced.total)
-                .await
+            match coupon_discount(
+                inner,
+                coupon_id,
+                request.user_id,
+                &priced.lines,
+                priced.total,
+            )
+            .await
             {
                 Ok(d) => d,
                 Err(Ok(problem)) => return SagaOutcome::CouponRefused(problem),

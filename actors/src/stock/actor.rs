@@ -10,7 +10,7 @@ use surge_persistence::committer::GroupCommitter;
 use surge_persistence::stock::{ReserveBatch, ReserveOutcome};
 use surge_persistence::{Database, PersistenceError, now_millis};
 
-use super::registry::Slots;
+use super::registry::RegistryCell;
 use super::{ReserveError, StockConfig};
 
 /// Counters an actor shares with the admin endpoint.
@@ -67,7 +67,8 @@ pub struct StockActor {
     pub(super) db: Database,
     pub(super) committer: GroupCommitter,
     pub(super) config: StockConfig,
-    pub(super) slots: Slots,
+    /// The registry that started this actor, to leave it when fenced or passivated.
+    pub(super) registry: RegistryCell,
 }
 
 /// Startup arguments: the ownership just claimed.
@@ -241,7 +242,9 @@ impl Actor for StockActor {
                                 "this node no longer owns the item".into(),
                             )));
                         }
-                        self.slots.remove_actor(state.item_id, myself.get_id());
+                        if let Some(registry) = self.registry.get() {
+                            registry.forget(state.item_id, myself.get_id());
+                        }
                         myself.stop(Some("fenced".into()));
                         return Ok(());
                     }
@@ -276,7 +279,10 @@ impl Actor for StockActor {
                 if idle
                     && !state.flushing
                     && state.pending.is_empty()
-                    && self.slots.remove_if_idle(state.item_id)
+                    && self
+                        .registry
+                        .get()
+                        .is_some_and(|r| r.passivate(state.item_id, myself.get_id()))
                 {
                     self.give_back(state).await;
                     myself.stop(Some("passivated".into()));

@@ -94,12 +94,7 @@ impl BaselineStock {
     }
 
     /// Takes units for one order line, durably, in a transaction of its own.
-    async fn take(
-        &self,
-        item_id: i64,
-        order_id: i64,
-        quantity: i64,
-    ) -> Result<(), ReserveError> {
+    async fn take(&self, item_id: i64, order_id: i64, quantity: i64) -> Result<(), ReserveError> {
         let unavailable = |e: String| ReserveError::Unavailable(e);
         if let Some(redis) = &self.redis {
             let mut taken = redis

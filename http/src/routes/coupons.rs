@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use surge_actors::{CouponError, IssueOutcome, QueueStatus};
 use surge_domain::{
-    CouponStatus,
-    AdmitRate, CouponDescription, CouponId, CouponName, CouponQuantity, DiscountRate, ItemId,
-    ValidationError,
+    AdmitRate, CouponDescription, CouponId, CouponName, CouponQuantity, CouponStatus, DiscountRate,
+    ItemId, ValidationError,
 };
 use surge_persistence::coupons::{CouponRecord, HeldCoupon, NewCoupon};
 use surge_persistence::{PersistenceError, now_millis};

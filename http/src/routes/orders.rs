@@ -231,7 +231,10 @@ fn answer_for(order: OrderRecord) -> Result<Response, ApiError> {
                 .lines
                 .iter()
                 .any(|l| l.status == LineStatus::ItemNotFound);
-            let out_of_stock = order.lines.iter().any(|l| l.status == LineStatus::OutOfStock);
+            let out_of_stock = order
+                .lines
+                .iter()
+                .any(|l| l.status == LineStatus::OutOfStock);
             Err(if not_found {
                 refused(
                     order,
@@ -319,7 +322,7 @@ pub async fn create(
             message: "too many orders in progress; try again shortly".into(),
             retry_after_secs: 1,
         })?;
-    if let Err(rejected) = state.orders.db_breaker.try_acquire() {
+    if let Err(rejected) = state.orders.db_breaker.check() {
         return Err(ApiError::Overloaded {
             message: "the database is failing; orders are refused until it recovers".into(),
             retry_after_secs: u32::try_from(rejected.retry_after.as_secs())
