@@ -15,7 +15,7 @@ use surge_actors::{
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
 use surge_http::{AppState, AuthService, AuthSettings, Metrics, OrderServices};
-use surge_persistence::committer::{CommitterConfig, GroupCommitter};
+use surge_persistence::committer::{CommitterConfig, GroupCommitter, WriterGuard};
 use surge_persistence::comparison::RedisStock;
 use surge_persistence::redis_coupons::RedisCoupons;
 use surge_persistence::{Database, DatabaseOptions, PersistenceError, now_millis, sqlite_file};
@@ -71,7 +71,8 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     state: AppState,
     stop: watch::Sender<bool>,
-    committer_task: tokio::task::JoinHandle<()>,
+    /// The group-commit writer; finished last, after everything that writes through it.
+    writer: WriterGuard,
     /// Redis mode: the stream-to-database writer of coupon issues.
     issue_writer: Option<IssueWriter>,
     /// Lifetime of an unconfirmed reservation, for the sweeper.
@@ -95,7 +96,7 @@ impl Application {
             .await?;
         let auth =
             AuthService::new(&AuthSettings { jwt_secret }, revoked).map_err(StartupError::Auth)?;
-        let (committer, commit_stats, committer_task) = GroupCommitter::start(
+        let (committer, commit_stats, writer) = GroupCommitter::start(
             db.clone(),
             CommitterConfig {
                 linger: config.flush_tick,
@@ -234,7 +235,7 @@ impl Application {
             admin_listener,
             state,
             stop,
-            committer_task,
+            writer,
             issue_writer,
             reservation_ttl: config.reservation_ttl,
         })
@@ -258,47 +259,45 @@ impl Application {
     }
 
     /// Serves until SIGTERM, SIGINT or [`StopHandle::stop`]; then stops accepting, lets
-    /// in-flight requests finish and closes the database pool.
+    /// in-flight requests finish, flushes the stock actors and the writer, and closes the
+    /// database pool.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
             listener,
             admin_listener,
             state,
             stop,
-            committer_task,
+            writer,
             issue_writer,
             reservation_ttl,
         } = self;
-        let stopping = {
-            let mut rx = stop.subscribe();
-            async move {
-                let _ = rx.wait_for(|stopped| *stopped).await;
-            }
-        };
         let signal_stop = stop.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("stop signal received; finishing in-flight requests");
             signal_stop.send_replace(true);
         });
-        let purge = tokio::spawn(purge_sessions(state.db.clone()));
-        let sweeper = tokio::spawn(sweeper::run(
+        // Every background task ends on the one stop signal; the guard also signals them if
+        // this future is dropped.
+        let mut background = Background::new(stop.clone());
+        background.spawn(purge_sessions(state.db.clone(), stop.subscribe()));
+        background.spawn(sweeper::run(
             state.orders.committer.clone(),
             reservation_ttl,
             stop.subscribe(),
         ));
-
-        let admin_task = admin_listener.map(|admin| {
+        if let Some(admin) = admin_listener {
             let router = surge_http::admin_router(state.clone());
-            let mut rx = stop.subscribe();
-            tokio::spawn(async move {
-                axum::serve(admin, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
+            let stopped = stopped(&stop);
+            background.spawn(async move {
+                if let Err(e) = axum::serve(admin, router)
+                    .with_graceful_shutdown(stopped)
                     .await
-            })
-        });
+                {
+                    tracing::warn!(error = %e, "the admin listener failed");
+                }
+            });
+        }
         let router = surge_http::router(state.clone());
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -306,38 +305,65 @@ impl Application {
             "surge ready"
         );
         let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stopping)
+            .with_graceful_shutdown(stopped(&stop))
             .await;
-        if let Some(task) = admin_task {
-            let _ = task.await;
-        }
-        purge.abort();
-        sweeper.abort();
-        // In-flight requests are done: commit the stock actors' last batches, give unsold
-        // allotments back, then let the writer finish its queue.
+        background.finish().await;
+        // In-flight requests are done. In order: the stock actors commit their last batches and
+        // give unsold allotments back; sagas and coupon actors stop; the Redis issue writer
+        // finishes its round; then the writer commits everything queued and ends.
         state.orders.stock.drain().await;
         state.orders.sagas.stop();
         state.coupons.stop();
-        if let Some(writer) = issue_writer {
-            writer.stop().await;
+        if let Some(issue_writer) = issue_writer {
+            issue_writer.stop().await;
         }
-        let AppState {
-            db,
-            orders,
-            coupons,
-            ..
-        } = state;
-        drop(orders);
-        drop(coupons);
-        if tokio::time::timeout(Duration::from_secs(10), committer_task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the writer did not finish in time");
-        }
-        db.close().await;
+        writer.finish().await;
+        state.db.close().await;
         tracing::info!("surge stopped");
         served
+    }
+}
+
+/// Resolves once `stop` turns true.
+fn stopped(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// The node's background tasks (session purge, reservation sweeper, admin listener): each ends
+/// on the stop signal. Dropping the guard signals them too, so none outlives its node.
+#[derive(Debug)]
+struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn new(stop: watch::Sender<bool>) -> Self {
+        Self {
+            stop,
+            tasks: Vec::new(),
+        }
+    }
+
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Signals stop and waits for every task to end.
+    async fn finish(mut self) {
+        self.stop.send_replace(true);
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
     }
 }
 
@@ -362,10 +388,13 @@ async fn wait_for_signal() {
     }
 }
 
-async fn purge_sessions(db: Database) {
+async fn purge_sessions(db: Database, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(SESSION_PURGE_INTERVAL);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
         match db.purge_expired_sessions(now_millis()).await {
             Ok(n) if n > 0 => tracing::info!(sessions = n, "purged expired login sessions"),
             Ok(_) => {}

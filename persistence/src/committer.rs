@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::pool::PoolConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::coupons::{self, NewIssue};
 use crate::orders::{self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ResolveOutcome};
@@ -58,6 +58,27 @@ pub struct CommitterConfig {
     /// Writes that may wait for the writer. Beyond it, callers are told to back off instead of
     /// queueing without bound.
     pub queue_capacity: usize,
+    /// Faults the unit tests inject.
+    #[cfg(test)]
+    pub(crate) faults: Faults,
+}
+
+/// Faults injected by this crate's unit tests.
+#[cfg(test)]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Faults {
+    /// Commits whose answer is lost after they committed (the "outcome unknown" case).
+    lost_answers: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn lose_next_commit_answer(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.lost_answers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 impl Default for CommitterConfig {
@@ -66,6 +87,8 @@ impl Default for CommitterConfig {
             linger: Duration::from_millis(1),
             max_batch: 512,
             queue_capacity: 16_384,
+            #[cfg(test)]
+            faults: Faults::default(),
         }
     }
 }
@@ -89,6 +112,31 @@ pub struct CommitStats {
     pub last_commit_at: i64,
 }
 
+/// Owns the writer task (the shape of mini-redis's `DbDropGuard`): [`finish`](Self::finish)
+/// or dropping it closes the queue; the writer commits every write already queued, then ends.
+/// Writes submitted after that are refused with [`PersistenceError::Closed`].
+#[derive(Debug)]
+pub struct WriterGuard {
+    close: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WriterGuard {
+    /// Closes the queue and waits until everything queued is committed.
+    pub async fn finish(mut self) {
+        self.close.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.close.send_replace(true);
+    }
+}
+
 impl GroupCommitter {
     /// Starts the writer task on its own pooled connection.
     pub fn start(
@@ -97,12 +145,20 @@ impl GroupCommitter {
     ) -> (
         Self,
         std::sync::Arc<std::sync::Mutex<CommitStats>>,
-        tokio::task::JoinHandle<()>,
+        WriterGuard,
     ) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (close, closed) = watch::channel(false);
         let stats = std::sync::Arc::new(std::sync::Mutex::new(CommitStats::default()));
-        let task = tokio::spawn(run(db, config, rx, stats.clone()));
-        (Self { tx }, stats, task)
+        let task = tokio::spawn(run(db, config, rx, closed, stats.clone()));
+        (
+            Self { tx },
+            stats,
+            WriterGuard {
+                close,
+                task: Some(task),
+            },
+        )
     }
 
     /// Queues a write; `Overloaded` when the queue is full, `Closed` after shutdown.
@@ -195,7 +251,10 @@ fn reply(write: Write, outcome: Outcome) {
 }
 
 fn fail(write: Write, err: &PersistenceError) {
-    let err = || PersistenceError::Batch(err.to_string());
+    let err = || match err {
+        PersistenceError::Unknown(cause) => PersistenceError::Unknown(cause.clone()),
+        other => PersistenceError::Batch(other.to_string()),
+    };
     match write {
         Write::BeginOrder(_, r) => drop(r.send(Err(err()))),
         Write::Reserve(_, r) => drop(r.send(Err(err()))),
@@ -231,11 +290,25 @@ async fn run(
     db: Database,
     config: CommitterConfig,
     mut rx: mpsc::Receiver<Write>,
+    mut closed: watch::Receiver<bool>,
     stats: std::sync::Arc<std::sync::Mutex<CommitStats>>,
 ) {
     let mut conn: Option<PoolConnection<sqlx::Any>> = None;
     let mut batch = Vec::with_capacity(config.max_batch);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            // Queued writes first: a close never overtakes a write that was already accepted.
+            biased;
+            w = rx.recv() => match w {
+                Some(w) => w,
+                None => break,
+            },
+            _ = closed.wait_for(|c| *c) => {
+                // Refuse new writes; the loop drains what is queued, then `recv` ends it.
+                rx.close();
+                continue;
+            }
+        };
         batch.push(first);
         let linger_until = tokio::time::Instant::now() + config.linger;
         while batch.len() < config.max_batch {
@@ -252,17 +325,27 @@ async fn run(
         }
         let writes = std::mem::take(&mut batch);
         let n = writes.len();
-        let failed = commit(&db, &mut conn, writes).await;
+        let failed = commit(&db, &config, &mut conn, writes).await;
         if let Some((writes, err)) = failed {
-            // The connection may be broken; take a fresh one for the retries.
+            // The connection may be broken; take a fresh one.
             conn = None;
-            // One bad write must not sink its companions: retry each alone.
-            tracing::warn!(error = %err, writes = n, "group commit failed; retrying writes one by one");
-            for write in writes {
-                if let Some((left, err)) = commit(&db, &mut conn, vec![write]).await {
-                    conn = None;
-                    for w in left {
-                        fail(w, &err);
+            if let PersistenceError::Unknown(_) = err {
+                // The commit may have landed: running the writes again could apply them twice.
+                // Every waiter hears "unknown" and reconciles from durable state.
+                tracing::warn!(error = %err, writes = n, "group commit outcome unknown");
+                for write in writes {
+                    fail(write, &err);
+                }
+            } else {
+                // Nothing was written. One bad write must not sink its companions: retry each
+                // alone.
+                tracing::warn!(error = %err, writes = n, "group commit failed; retrying writes one by one");
+                for write in writes {
+                    if let Some((left, err)) = commit(&db, &config, &mut conn, vec![write]).await {
+                        conn = None;
+                        for w in left {
+                            fail(w, &err);
+                        }
                     }
                 }
             }
@@ -279,9 +362,12 @@ async fn run(
 /// Runs `writes` in one transaction. On failure returns the writes (replies unsent) and why.
 async fn commit(
     db: &Database,
+    config: &CommitterConfig,
     conn: &mut Option<PoolConnection<sqlx::Any>>,
     writes: Vec<Write>,
 ) -> Option<(Vec<Write>, PersistenceError)> {
+    #[cfg(not(test))]
+    let _ = config;
     if conn.is_none() {
         match db.pool().acquire().await {
             Ok(c) => *conn = Some(c),
@@ -307,12 +393,264 @@ async fn commit(
         }
     }
     match tx.commit().await {
+        #[cfg(test)]
+        Ok(()) if config.faults.lose_next_commit_answer() => Some((
+            writes,
+            PersistenceError::Unknown("injected: the commit's answer was lost".into()),
+        )),
         Ok(()) => {
             for (write, outcome) in writes.into_iter().zip(outcomes) {
                 reply(write, outcome);
             }
             None
         }
-        Err(e) => Some((writes, e.into())),
+        Err(e) => Some((writes, PersistenceError::Unknown(e.to_string()))),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::orders::NewOrderLine;
+    use crate::testing::ScratchDb;
+
+    fn order(id: i64, user_id: i64, item_id: i64) -> NewOrder {
+        NewOrder {
+            id,
+            user_id,
+            lines: vec![NewOrderLine {
+                item_id,
+                quantity: 1,
+                unit_price: 100,
+            }],
+            coupon_id: None,
+            total_price: 100,
+            discount: 0,
+            idempotency: None,
+            refused: None,
+        }
+    }
+
+    struct Setup {
+        scratch: ScratchDb,
+        committer: GroupCommitter,
+        stats: Arc<Mutex<CommitStats>>,
+        writer: WriterGuard,
+        user: i64,
+        item: i64,
+    }
+
+    async fn setup(config: CommitterConfig) -> Setup {
+        let scratch = ScratchDb::sqlite().await.unwrap();
+        let user = scratch.member("buyer_1").await.unwrap();
+        let item = scratch.item(100, 10).await.unwrap();
+        let (committer, stats, writer) = GroupCommitter::start(scratch.db.clone(), config);
+        Setup {
+            scratch,
+            committer,
+            stats,
+            writer,
+            user,
+            item,
+        }
+    }
+
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn finishing_the_writer_commits_what_is_queued_and_refuses_the_rest() {
+        let Setup {
+            scratch,
+            committer,
+            writer,
+            user,
+            item,
+            ..
+        } = setup(CommitterConfig::default()).await;
+        let queued: Vec<_> = (1..=50)
+            .map(|id| {
+                let (reply, rx) = oneshot::channel();
+                committer
+                    .submit(Write::BeginOrder(order(id, user, item), reply))
+                    .unwrap();
+                rx
+            })
+            .collect();
+        writer.finish().await;
+        for rx in queued {
+            assert_eq!(rx.await.unwrap().unwrap(), BeginOutcome::Created);
+        }
+        assert_eq!(scratch.count("orders").await.unwrap(), 50);
+        assert!(matches!(
+            committer.begin_order(order(51, user, item)).await,
+            Err(PersistenceError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_transactions_and_each_gets_its_answer() {
+        let Setup {
+            scratch,
+            committer,
+            stats,
+            writer: _writer,
+            user,
+            item,
+        } = setup(CommitterConfig {
+            linger: Duration::from_millis(20),
+            ..CommitterConfig::default()
+        })
+        .await;
+        let writes: Vec<_> = (1..=200)
+            .map(|id| {
+                let committer = committer.clone();
+                tokio::spawn(async move { committer.begin_order(order(id, user, item)).await })
+            })
+            .collect();
+        for w in writes {
+            assert_eq!(w.await.unwrap().unwrap(), BeginOutcome::Created);
+        }
+        let s = *stats.lock().unwrap();
+        assert_eq!(s.writes, 200);
+        assert!(s.commits < 200, "200 writes took {} commits", s.commits);
+        assert_eq!(scratch.count("orders").await.unwrap(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_bad_write_fails_alone_and_its_companions_commit() {
+        let Setup {
+            scratch,
+            committer,
+            writer: _writer,
+            user,
+            item,
+            ..
+        } = setup(CommitterConfig {
+            linger: Duration::from_millis(20),
+            ..CommitterConfig::default()
+        })
+        .await;
+        // Order 7 twice: the second violates the primary key; it must not sink order 8.
+        let a = committer.submit(Write::BeginOrder(
+            order(7, user, item),
+            oneshot::channel().0,
+        ));
+        assert!(a.is_ok());
+        let (dup, dup_rx) = oneshot::channel();
+        committer
+            .submit(Write::BeginOrder(order(7, user, item), dup))
+            .unwrap();
+        let fine = committer.begin_order(order(8, user, item)).await;
+        assert_eq!(fine.unwrap(), BeginOutcome::Created);
+        assert!(matches!(
+            dup_rx.await.unwrap(),
+            Err(PersistenceError::Batch(_))
+        ));
+        assert_eq!(scratch.count("orders").await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_answers_every_waiter() {
+        let Setup {
+            scratch,
+            committer,
+            writer: _writer,
+            user,
+            item,
+            ..
+        } = setup(CommitterConfig::default()).await;
+        // A closed pool fails every transaction: every waiter must hear it, none may hang.
+        scratch.db.close().await;
+        let waiters: Vec<_> = (1..=20)
+            .map(|id| {
+                let committer = committer.clone();
+                tokio::spawn(async move { committer.begin_order(order(id, user, item)).await })
+            })
+            .collect();
+        for w in waiters {
+            let answer = tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("every waiter is answered")
+                .unwrap();
+            assert!(
+                matches!(answer, Err(PersistenceError::Batch(_))),
+                "{answer:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_answer_is_lost_is_reported_unknown_and_not_replayed() {
+        let config = CommitterConfig::default();
+        let faults = config.faults.clone();
+        let Setup {
+            scratch,
+            committer,
+            writer: _writer,
+            user,
+            item,
+            ..
+        } = setup(config).await;
+        faults.lost_answers.store(1, Ordering::Release);
+        let answer = committer.begin_order(order(42, user, item)).await;
+        assert!(
+            matches!(answer, Err(PersistenceError::Unknown(_))),
+            "{answer:?}"
+        );
+        // It did commit, exactly once: the writer did not run it again on its own.
+        assert_eq!(scratch.count("orders").await.unwrap(), 1);
+        assert_eq!(scratch.count("order_lines").await.unwrap(), 1);
+        // The next write goes through as usual.
+        assert_eq!(
+            committer.begin_order(order(43, user, item)).await.unwrap(),
+            BeginOutcome::Created
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fenced_reservation_batch_writes_nothing() {
+        let Setup {
+            scratch,
+            committer,
+            writer: _writer,
+            item,
+            ..
+        } = setup(CommitterConfig::default()).await;
+        let claim = scratch
+            .db
+            .claim_allotment(item, "node-a")
+            .await
+            .unwrap()
+            .unwrap();
+        let (moved, _) = scratch
+            .db
+            .check_out_units(item, claim.epoch, 5)
+            .await
+            .unwrap();
+        assert_eq!(moved, 5);
+        // Another owner takes the item over: the first owner's epoch is stale.
+        let newer = scratch
+            .db
+            .claim_allotment(item, "node-b")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(newer.epoch, claim.epoch + 1);
+        let batch = |epoch| crate::stock::ReserveBatch {
+            item_id: item,
+            epoch,
+            deadline_at: now_millis() + 60_000,
+            reservations: vec![(1, 2)],
+        };
+        assert_eq!(
+            committer.reserve(batch(claim.epoch)).await.unwrap(),
+            ReserveOutcome::Fenced
+        );
+        assert_eq!(scratch.count("reservations").await.unwrap(), 0);
+        // The stale owner's checked-out units went back to the row with the takeover.
+        assert_eq!(scratch.units(item).await.unwrap(), (10, 0, 0, 0));
     }
 }

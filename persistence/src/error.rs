@@ -19,9 +19,14 @@ pub enum PersistenceError {
     /// The group-commit writer has stopped.
     #[error("the writer has stopped")]
     Closed,
-    /// The transaction a write was batched into failed.
+    /// The transaction a write was batched into failed before its commit: nothing was written.
     #[error("batched write failed: {0}")]
     Batch(String),
+    /// The commit itself failed (the connection broke, the server did not answer): the write
+    /// may or may not be durable. Callers must not assume either; they reconcile from durable
+    /// state (an idempotent retry, or the sweeper).
+    #[error("commit outcome unknown: {0}")]
+    Unknown(String),
     /// The URL names a database kind this build does not speak.
     #[error("unsupported database url: {0}")]
     UnsupportedUrl(String),

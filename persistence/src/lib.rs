@@ -15,6 +15,8 @@ pub mod orders;
 pub mod redis_coupons;
 pub mod sessions;
 pub mod stock;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod users;
 
 pub use db::{Backend, Database, DatabaseOptions, now_millis, sqlite_file};

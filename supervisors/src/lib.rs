@@ -63,6 +63,7 @@ pub use circuit::{
 };
 pub use registry::{
     ActorFactory, ActorRegistry, Admission, KeyView, RegistryError, RegistryLimits, StartError,
+    WeakRegistry,
 };
 pub use retry::{RetryPolicy, retry};
 pub use supervisor::{

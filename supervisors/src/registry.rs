@@ -189,6 +189,24 @@ struct Core<F: ActorFactory> {
 }
 
 impl<F: ActorFactory> Core<F> {
+    fn passivate(&self, key: F::Key, actor: ActorId) -> bool {
+        let mut slots = self.slots();
+        let idle = slots
+            .get(&key)
+            .is_some_and(|s| s.holds(actor) && s.waiting.load(Ordering::Acquire) == 0);
+        if idle {
+            slots.remove(&key);
+        }
+        idle
+    }
+
+    fn forget(&self, key: F::Key, actor: ActorId) {
+        let mut slots = self.slots();
+        if slots.get(&key).is_some_and(|s| s.holds(actor)) {
+            slots.remove(&key);
+        }
+    }
+
     fn slots(&self) -> MutexGuard<'_, HashMap<F::Key, Arc<Slot<F>>>> {
         // No code panics while holding the lock; the map is consistent after a poisoning.
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
@@ -397,22 +415,21 @@ impl<F: ActorFactory> ActorRegistry<F> {
     /// Removes the key's slot iff it holds `actor` and nobody is admitted; the actor should
     /// stop only when this answers `true`. Atomic with [`admit`](Self::admit).
     pub fn passivate(&self, key: F::Key, actor: ActorId) -> bool {
-        let mut slots = self.core.slots();
-        let idle = slots
-            .get(&key)
-            .is_some_and(|s| s.holds(actor) && s.waiting.load(Ordering::Acquire) == 0);
-        if idle {
-            slots.remove(&key);
-        }
-        idle
+        self.core.passivate(key, actor)
     }
 
     /// Removes the key's slot if it still holds `actor` (a fenced actor, a call that found its
     /// actor stopped). A newer actor keeps its place.
     pub fn forget(&self, key: F::Key, actor: ActorId) {
-        let mut slots = self.core.slots();
-        if slots.get(&key).is_some_and(|s| s.holds(actor)) {
-            slots.remove(&key);
+        self.core.forget(key, actor);
+    }
+
+    /// A handle for the registry's own actors, which must not keep it alive: the registry owns
+    /// its factory, and a factory that handed its actors a strong handle would form a cycle
+    /// that outlives shutdown (and keeps every resource the factory holds).
+    pub fn downgrade(&self) -> WeakRegistry<F> {
+        WeakRegistry {
+            core: Arc::downgrade(&self.core),
         }
     }
 
@@ -471,6 +488,42 @@ impl<F: ActorFactory> ActorRegistry<F> {
     pub fn stop(&self) {
         self.core.slots().clear();
         self.supervisor.stop();
+    }
+}
+
+/// A registry handle that does not keep the registry alive (see
+/// [`ActorRegistry::downgrade`]). Once the registry is gone, passivation is always allowed.
+pub struct WeakRegistry<F: ActorFactory> {
+    core: std::sync::Weak<Core<F>>,
+}
+
+impl<F: ActorFactory> Clone for WeakRegistry<F> {
+    fn clone(&self) -> Self {
+        Self {
+            core: self.core.clone(),
+        }
+    }
+}
+
+impl<F: ActorFactory> fmt::Debug for WeakRegistry<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WeakRegistry(..)")
+    }
+}
+
+impl<F: ActorFactory> WeakRegistry<F> {
+    /// [`ActorRegistry::passivate`]; `true` when the registry is gone.
+    pub fn passivate(&self, key: F::Key, actor: ActorId) -> bool {
+        self.core
+            .upgrade()
+            .is_none_or(|core| core.passivate(key, actor))
+    }
+
+    /// [`ActorRegistry::forget`]; nothing when the registry is gone.
+    pub fn forget(&self, key: F::Key, actor: ActorId) {
+        if let Some(core) = self.core.upgrade() {
+            core.forget(key, actor);
+        }
     }
 }
 

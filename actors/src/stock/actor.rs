@@ -248,6 +248,15 @@ impl Actor for StockActor {
                         myself.stop(Some("fenced".into()));
                         return Ok(());
                     }
+                    Err(PersistenceError::Unknown(cause)) => {
+                        // The batch may be durable: its units must not be sold again. They stay
+                        // out of the allotment; if the commit did not land, the allotment row
+                        // still counts them and they come back when it is given back or
+                        // reclaimed (an undersell until then, never an oversell).
+                        for p in batch {
+                            let _ = p.reply.send(Err(ReserveError::Undetermined(cause.clone())));
+                        }
+                    }
                     Err(e) => {
                         // Nothing was written: the units are still ours to sell.
                         state.allotment += batch.iter().map(|p| p.quantity).sum::<i64>();

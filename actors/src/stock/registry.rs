@@ -15,6 +15,7 @@ use surge_persistence::committer::GroupCommitter;
 use surge_persistence::{Database, now_millis};
 use surge_supervisors::{
     ActorFactory, ActorRegistry, RegistryError, RegistryLimits, RestartIntensity, StartError,
+    WeakRegistry,
 };
 
 use super::actor::{StockActor, StockArgs, StockMsg, StockStats};
@@ -24,9 +25,10 @@ use super::{ReserveError, StockConfig};
 /// The registry of stock actors.
 pub(super) type Registry = ActorRegistry<StockFactory>;
 
-/// Where an actor finds the registry that started it. Set once, right after the registry
-/// starts (the registry owns the factory, so the factory cannot hold it from the start).
-pub(super) type RegistryCell = Arc<OnceLock<Registry>>;
+/// Where an actor finds the registry that started it, to leave it when fenced or passivated.
+/// Set once, right after the registry starts (the registry owns the factory, so the factory
+/// cannot hold it from the start), and weak, so the actors do not keep the registry alive.
+pub(super) type RegistryCell = Arc<OnceLock<WeakRegistry<StockFactory>>>;
 
 /// What an item's slot keeps across actor restarts.
 #[derive(Debug, Default)]
@@ -151,7 +153,7 @@ impl StockActors {
             registry: cell.clone(),
         };
         let registry = ActorRegistry::start("stock", factory, limits).await?;
-        let _ = cell.set(registry.clone());
+        let _ = cell.set(registry.downgrade());
         Ok(Self { registry })
     }
 
