@@ -3,7 +3,7 @@
 //! meanwhile). A batch fenced by a newer epoch stops the actor: another owner took the item.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use surge_persistence::committer::GroupCommitter;
@@ -16,9 +16,13 @@ use super::{ReserveError, StockConfig};
 /// Counters an actor shares with the admin endpoint.
 #[derive(Debug, Default)]
 pub struct StockStats {
-    /// Unix ms until which the item is known sold out (allotment empty, row seen empty): a
-    /// saga reading it may fail an order without asking the actor or the database.
-    pub(super) sold_out_until: AtomicI64,
+    /// The item is known sold out (allotment empty, row seen empty, nothing came back since):
+    /// a saga reading it may refuse an order without asking the actor or the database.
+    ///
+    /// Concurrency decision: written only by the actor, read by sagas without a message; a
+    /// stale `false` costs one message to the actor, a stale `true` lasts at most until the
+    /// actor's next wake-up (a release it hears of, or its background re-check).
+    pub(super) sold_out: AtomicBool,
     pub(super) allotment: AtomicI64,
     pub(super) pending: AtomicUsize,
     pub(super) last_flush_at: AtomicI64,
@@ -47,6 +51,10 @@ pub enum StockMsg {
     },
     /// Units went back to the item row: look again before refusing.
     Replenished,
+    /// Time for the background re-check of a row seen empty.
+    Recheck,
+    /// The background re-check's plain read: units in the item row now.
+    RowSeen(i64),
     /// Passivate if idle.
     IdleCheck,
     /// Flush, give the allotment back and stop (graceful shutdown).
@@ -88,8 +96,11 @@ pub struct StockState {
     pub(super) allotment: i64,
     /// Reservations waiting for the next batch.
     pub(super) pending: Vec<Pending>,
-    /// When the item row was last seen empty.
-    pub(super) row_empty_since: Option<tokio::time::Instant>,
+    /// The item row was seen empty and nothing is known to have come back since: a request
+    /// the allotment cannot cover is refused from memory, with no database trip and no write.
+    pub(super) row_empty: bool,
+    /// A background re-check's read is in flight (at most one).
+    pub(super) rechecking: bool,
     /// Whether a batch is being committed. One at a time per item keeps the allotment
     /// arithmetic simple; the next batch fills meanwhile.
     pub(super) flushing: bool,
@@ -133,14 +144,7 @@ impl StockActor {
         {
             Ok((moved, left)) => {
                 state.allotment += moved;
-                state.row_empty_since = (left == 0).then(tokio::time::Instant::now);
-                let until = if left == 0 && state.allotment == 0 {
-                    now_millis()
-                        + i64::try_from(self.config.sold_out_recheck.as_millis()).unwrap_or(0)
-                } else {
-                    0
-                };
-                state.stats.sold_out_until.store(until, Ordering::Relaxed);
+                state.row_empty = left == 0;
                 Ok(())
             }
             Err(PersistenceError::Conflict) => Err(ReserveError::Unavailable(
@@ -162,12 +166,14 @@ impl Actor for StockActor {
         args: StockArgs,
     ) -> Result<StockState, ActorProcessingErr> {
         myself.send_interval(self.config.passivate_after / 2, || StockMsg::IdleCheck);
+        myself.send_interval(self.config.sold_out_recheck, || StockMsg::Recheck);
         Ok(StockState {
             item_id: args.item_id,
             epoch: args.epoch,
             allotment: 0,
             pending: Vec::new(),
-            row_empty_since: None,
+            row_empty: false,
+            rechecking: false,
             flushing: false,
             last_activity: tokio::time::Instant::now(),
             draining: None,
@@ -192,12 +198,10 @@ impl Actor for StockActor {
                     let _ = reply.send(Err(ReserveError::Unavailable("shutting down".into())));
                     return Ok(());
                 }
-                // The row was seen empty a moment ago: refuse from memory, no database trip.
-                let row_known_empty = state
-                    .row_empty_since
-                    .is_some_and(|t| t.elapsed() < self.config.sold_out_recheck);
+                // Check units out only while the row may still have some: a row seen empty is
+                // not asked again until something says units came back.
                 if state.allotment < quantity
-                    && !row_known_empty
+                    && !state.row_empty
                     && let Err(e) = self.check_out(state, quantity - state.allotment).await
                 {
                     let _ = reply.send(Err(e));
@@ -222,6 +226,7 @@ impl Actor for StockActor {
                     .stats
                     .allotment
                     .store(state.allotment, Ordering::Relaxed);
+                Self::publish_sold_out(state);
             }
             StockMsg::Flushed { batch, result } => {
                 state.flushing = false;
@@ -260,7 +265,7 @@ impl Actor for StockActor {
                     Err(e) => {
                         // Nothing was written: the units are still ours to sell.
                         state.allotment += batch.iter().map(|p| p.quantity).sum::<i64>();
-                        state.stats.sold_out_until.store(0, Ordering::Relaxed);
+                        Self::publish_sold_out(state);
                         for p in batch {
                             let _ = p.reply.send(Err(ReserveError::Unavailable(e.to_string())));
                         }
@@ -280,8 +285,36 @@ impl Actor for StockActor {
                 }
             }
             StockMsg::Replenished => {
-                state.row_empty_since = None;
-                state.stats.sold_out_until.store(0, Ordering::Relaxed);
+                state.row_empty = false;
+                Self::publish_sold_out(state);
+            }
+            StockMsg::Recheck => {
+                // Units can come back without this node hearing of it (the sweeper releases
+                // expired reservations, another node cancels): look with a plain read, off the
+                // handler, never a write lock inside it.
+                if state.row_empty && !state.rechecking {
+                    state.rechecking = true;
+                    let db = self.db.clone();
+                    let item_id = state.item_id;
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        let available = match db.price_and_available(item_id).await {
+                            Ok(found) => found.map_or(0, |(_, available)| available),
+                            Err(e) => {
+                                tracing::debug!(item = item_id, error = %e, "stock re-check failed");
+                                0
+                            }
+                        };
+                        let _ = me.cast(StockMsg::RowSeen(available));
+                    });
+                }
+            }
+            StockMsg::RowSeen(available) => {
+                state.rechecking = false;
+                if available > 0 {
+                    state.row_empty = false;
+                    Self::publish_sold_out(state);
+                }
             }
             StockMsg::IdleCheck => {
                 let idle = state.last_activity.elapsed() >= self.config.passivate_after;
@@ -313,6 +346,14 @@ impl Actor for StockActor {
 }
 
 impl StockActor {
+    /// Shares "sold out" (nothing allotted, row seen empty) with the sagas.
+    fn publish_sold_out(state: &StockState) {
+        state
+            .stats
+            .sold_out
+            .store(state.row_empty && state.allotment == 0, Ordering::Relaxed);
+    }
+
     async fn give_back(&self, state: &mut StockState) {
         match self.db.return_allotment(state.item_id, state.epoch).await {
             Ok(_) => state.allotment = 0,

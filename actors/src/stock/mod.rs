@@ -27,9 +27,10 @@ pub use registry::{StockActorView, StockActors};
 /// Tuning of stock actors.
 #[derive(Debug, Clone)]
 pub struct StockConfig {
-    /// While the item row was empty at the last look, a refusal needs no database round trip
-    /// for this long. Units that come back (cancellations, expiries) are seen at the latest
-    /// after it; releases made by this node also wake the actor at once.
+    /// While the item row was seen empty, a plain read (no lock, off the actor's handler) looks
+    /// again this often: units can come back without this node hearing of it (reservations
+    /// the sweeper expired, another node's cancellation). Releases this node makes wake the
+    /// actor at once.
     pub sold_out_recheck: Duration,
     /// Units checked out of the item row at a time. Larger means fewer writes to the item row;
     /// smaller leaves more for other nodes. Everything unsold goes back on passivation.
@@ -49,7 +50,7 @@ pub struct StockConfig {
 impl Default for StockConfig {
     fn default() -> Self {
         Self {
-            sold_out_recheck: Duration::from_millis(50),
+            sold_out_recheck: Duration::from_millis(250),
             allotment_chunk: 256,
             reservation_ttl: Duration::from_secs(30),
             passivate_after: Duration::from_secs(60),
@@ -80,3 +81,5 @@ pub enum ReserveError {
     #[error("reservation outcome unknown: {0}")]
     Undetermined(String),
 }
+#[cfg(test)]
+mod tests;

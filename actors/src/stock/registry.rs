@@ -11,8 +11,8 @@ use std::time::Duration;
 use ractor::ActorRef;
 use serde::Serialize;
 use surge_domain::{ItemId, Quantity};
+use surge_persistence::Database;
 use surge_persistence::committer::GroupCommitter;
-use surge_persistence::{Database, now_millis};
 use surge_supervisors::{
     ActorFactory, ActorRegistry, RegistryError, RegistryLimits, RestartIntensity, StartError,
     WeakRegistry,
@@ -207,7 +207,7 @@ impl StockActors {
     fn sold_out_now(&self, item_id: i64) -> bool {
         self.registry
             .shared_of(item_id)
-            .is_some_and(|s| s.stats.sold_out_until.load(Ordering::Relaxed) > now_millis())
+            .is_some_and(|s| s.stats.sold_out.load(Ordering::Relaxed))
     }
 
     /// Tells an item's actor that units went back to its row.
