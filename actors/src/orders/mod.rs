@@ -241,6 +241,8 @@ impl OrderSagas {
                     *last = Some(failure.error.clone());
                 }
                 let order_id = failure.key;
+                // It will not clear its own step any more.
+                inner.set_step(order_id, None);
                 tokio::spawn(async move {
                     let compensated = inner
                         .ledger
@@ -332,3 +334,5 @@ impl OrderSagas {
         self.supervisor.stop();
     }
 }
+#[cfg(test)]
+mod tests;
