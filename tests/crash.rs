@@ -222,13 +222,26 @@ async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
     let (acked, sold_out) = buy(node.base.clone(), tokens.clone(), item, None).await;
     acknowledged.extend(acked);
     assert!(sold_out, "the sale never sold out");
-    // Let every reservation deadline pass and the sweeper run.
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-
+    // Wait (with a deadline) for every reservation deadline to pass and the sweeper to run.
     sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}/surge-data/surge.db", dir.display());
     let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
     let one = |sql: &'static str| sqlx::query_as::<_, (i64,)>(sql).bind(item);
+    let settled = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (held,) = one("SELECT COALESCE(SUM(quantity), 0) FROM reservations WHERE item_id = $1 AND status = 'HELD'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let (processing,) = one("SELECT COUNT(*) FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE l.item_id = $1 AND o.status = 'PROCESSING'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        if held == 0 && processing == 0 || Instant::now() > settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (available,) = one("SELECT available FROM items WHERE id = $1")
         .fetch_one(&mut db)
         .await
