@@ -107,10 +107,8 @@ impl Application {
         let db_breaker = circuits.get_or_create("database", CircuitConfig::default());
         let stock = StockActors::start(
             db.clone(),
-            committer.clone(),
             StockConfig {
                 owner: config.node_id.clone(),
-                reservation_ttl: config.reservation_ttl,
                 passivate_after: config.stock_passivate_after,
                 max_waiting_per_item: config.max_waiting_per_item,
                 ..StockConfig::default()

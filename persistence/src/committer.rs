@@ -9,27 +9,23 @@ use sqlx::pool::PoolConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::coupons::{self, NewIssue};
-use crate::orders::{self, BeginOutcome, CancelOutcome, NewOrder, OrderResolution, ResolveOutcome};
-use crate::stock::{self, ReserveBatch, ReserveOutcome};
+use crate::orders::{self, CancelOutcome, FailOutcome, NewOrder, PlaceOutcome};
+use crate::stock;
 use crate::{Database, PersistenceError, now_millis};
 
 /// Writes a committer accepts.
 #[derive(Debug)]
 pub enum Write {
-    /// A new PROCESSING order (and its idempotency claim).
-    BeginOrder(
+    /// An order, in its final state, with its units (fenced), coupon and idempotency claim.
+    Place(
         NewOrder,
-        oneshot::Sender<Result<BeginOutcome, PersistenceError>>,
+        oneshot::Sender<Result<PlaceOutcome, PersistenceError>>,
     ),
-    /// A stock actor's reservations.
-    Reserve(
-        ReserveBatch,
-        oneshot::Sender<Result<ReserveOutcome, PersistenceError>>,
-    ),
-    /// An order's final status.
-    Resolve(
-        OrderResolution,
-        oneshot::Sender<Result<ResolveOutcome, PersistenceError>>,
+    /// Fail an order left `PROCESSING` (recovery).
+    Fail(
+        i64,
+        String,
+        oneshot::Sender<Result<FailOutcome, PersistenceError>>,
     ),
     /// A cancellation.
     Cancel(
@@ -179,24 +175,24 @@ impl GroupCommitter {
         rx.await.map_err(|_| PersistenceError::Closed)?
     }
 
-    /// Writes a new PROCESSING order and waits for the commit.
-    pub async fn begin_order(&self, order: NewOrder) -> Result<BeginOutcome, PersistenceError> {
-        self.write(|reply| Write::BeginOrder(order, reply)).await
+    /// Writes an order in its final state and waits for the commit.
+    pub async fn place(&self, order: NewOrder) -> Result<PlaceOutcome, PersistenceError> {
+        self.write(|reply| Write::Place(order, reply)).await
     }
 
-    /// Writes an order's final status and waits for the commit.
-    pub async fn resolve(&self, r: OrderResolution) -> Result<ResolveOutcome, PersistenceError> {
-        self.write(|reply| Write::Resolve(r, reply)).await
+    /// Fails an order left `PROCESSING` and waits for the commit.
+    pub async fn fail(
+        &self,
+        order_id: i64,
+        reason: String,
+    ) -> Result<FailOutcome, PersistenceError> {
+        self.write(|reply| Write::Fail(order_id, reason, reply))
+            .await
     }
 
     /// Cancels an order and waits for the commit.
     pub async fn cancel(&self, order_id: i64) -> Result<CancelOutcome, PersistenceError> {
         self.write(|reply| Write::Cancel(order_id, reply)).await
-    }
-
-    /// Writes a reservation batch and waits for the commit.
-    pub async fn reserve(&self, batch: ReserveBatch) -> Result<ReserveOutcome, PersistenceError> {
-        self.write(|reply| Write::Reserve(batch, reply)).await
     }
 
     /// Releases expired reservations and waits for the commit.
@@ -230,9 +226,8 @@ const SWEEP_LIMIT: i64 = 1_000;
 
 /// What a write did inside the transaction, sent to its caller after the commit.
 enum Outcome {
-    Begin(BeginOutcome),
-    Reserve(ReserveOutcome),
-    Resolve(ResolveOutcome),
+    Place(PlaceOutcome),
+    Fail(FailOutcome),
     Cancel(CancelOutcome),
     Released(u64),
     Issued(u64),
@@ -240,9 +235,8 @@ enum Outcome {
 
 fn reply(write: Write, outcome: Outcome) {
     match (write, outcome) {
-        (Write::BeginOrder(_, r), Outcome::Begin(v)) => drop(r.send(Ok(v))),
-        (Write::Reserve(_, r), Outcome::Reserve(v)) => drop(r.send(Ok(v))),
-        (Write::Resolve(_, r), Outcome::Resolve(v)) => drop(r.send(Ok(v))),
+        (Write::Place(_, r), Outcome::Place(v)) => drop(r.send(Ok(v))),
+        (Write::Fail(_, _, r), Outcome::Fail(v)) => drop(r.send(Ok(v))),
         (Write::Cancel(_, r), Outcome::Cancel(v)) => drop(r.send(Ok(v))),
         (Write::ReleaseExpired(_, r), Outcome::Released(v)) => drop(r.send(Ok(v))),
         (Write::IssueCoupons(_, r), Outcome::Issued(v)) => drop(r.send(Ok(v))),
@@ -256,9 +250,8 @@ fn fail(write: Write, err: &PersistenceError) {
         other => PersistenceError::Batch(other.to_string()),
     };
     match write {
-        Write::BeginOrder(_, r) => drop(r.send(Err(err()))),
-        Write::Reserve(_, r) => drop(r.send(Err(err()))),
-        Write::Resolve(_, r) => drop(r.send(Err(err()))),
+        Write::Place(_, r) => drop(r.send(Err(err()))),
+        Write::Fail(_, _, r) => drop(r.send(Err(err()))),
         Write::Cancel(_, r) => drop(r.send(Err(err()))),
         Write::ReleaseExpired(_, r) => drop(r.send(Err(err()))),
         Write::IssueCoupons(_, r) => drop(r.send(Err(err()))),
@@ -271,9 +264,10 @@ async fn apply(
     now: i64,
 ) -> Result<Outcome, sqlx::Error> {
     Ok(match write {
-        Write::BeginOrder(order, _) => Outcome::Begin(orders::begin_order(conn, order, now).await?),
-        Write::Reserve(batch, _) => Outcome::Reserve(stock::reserve(conn, batch, now).await?),
-        Write::Resolve(r, _) => Outcome::Resolve(orders::resolve_order(conn, r, now).await?),
+        Write::Place(order, _) => Outcome::Place(orders::place_order(conn, order, now).await?),
+        Write::Fail(id, reason, _) => {
+            Outcome::Fail(orders::fail_order(conn, *id, reason, now).await?)
+        }
         Write::Cancel(id, _) => Outcome::Cancel(orders::cancel_order(conn, *id, now).await?),
         Write::ReleaseExpired(stale_before, _) => {
             let released = stock::release_expired(conn, now, SWEEP_LIMIT).await?;
@@ -430,7 +424,7 @@ mod tests {
             total_price: 100,
             discount: 0,
             idempotency: None,
-            refused: None,
+            holds: Vec::new(),
         }
     }
 
@@ -474,18 +468,21 @@ mod tests {
             .map(|id| {
                 let (reply, rx) = oneshot::channel();
                 committer
-                    .submit(Write::BeginOrder(order(id, user, item), reply))
+                    .submit(Write::Place(order(id, user, item), reply))
                     .unwrap();
                 rx
             })
             .collect();
         writer.finish().await;
         for rx in queued {
-            assert_eq!(rx.await.unwrap().unwrap(), BeginOutcome::Created);
+            assert!(matches!(
+                rx.await.unwrap().unwrap(),
+                PlaceOutcome::Placed { .. }
+            ));
         }
         assert_eq!(scratch.count("orders").await.unwrap(), 50);
         assert!(matches!(
-            committer.begin_order(order(51, user, item)).await,
+            committer.place(order(51, user, item)).await,
             Err(PersistenceError::Closed)
         ));
     }
@@ -507,11 +504,14 @@ mod tests {
         let writes: Vec<_> = (1..=200)
             .map(|id| {
                 let committer = committer.clone();
-                tokio::spawn(async move { committer.begin_order(order(id, user, item)).await })
+                tokio::spawn(async move { committer.place(order(id, user, item)).await })
             })
             .collect();
         for w in writes {
-            assert_eq!(w.await.unwrap().unwrap(), BeginOutcome::Created);
+            assert!(matches!(
+                w.await.unwrap().unwrap(),
+                PlaceOutcome::Placed { .. }
+            ));
         }
         let s = *stats.lock().unwrap();
         assert_eq!(s.writes, 200);
@@ -534,17 +534,14 @@ mod tests {
         })
         .await;
         // Order 7 twice: the second violates the primary key; it must not sink order 8.
-        let a = committer.submit(Write::BeginOrder(
-            order(7, user, item),
-            oneshot::channel().0,
-        ));
+        let a = committer.submit(Write::Place(order(7, user, item), oneshot::channel().0));
         assert!(a.is_ok());
         let (dup, dup_rx) = oneshot::channel();
         committer
-            .submit(Write::BeginOrder(order(7, user, item), dup))
+            .submit(Write::Place(order(7, user, item), dup))
             .unwrap();
-        let fine = committer.begin_order(order(8, user, item)).await;
-        assert_eq!(fine.unwrap(), BeginOutcome::Created);
+        let fine = committer.place(order(8, user, item)).await;
+        assert!(matches!(fine.unwrap(), PlaceOutcome::Placed { .. }));
         assert!(matches!(
             dup_rx.await.unwrap(),
             Err(PersistenceError::Batch(_))
@@ -567,7 +564,7 @@ mod tests {
         let waiters: Vec<_> = (1..=20)
             .map(|id| {
                 let committer = committer.clone();
-                tokio::spawn(async move { committer.begin_order(order(id, user, item)).await })
+                tokio::spawn(async move { committer.place(order(id, user, item)).await })
             })
             .collect();
         for w in waiters {
@@ -595,7 +592,7 @@ mod tests {
             ..
         } = setup(config).await;
         faults.lost_answers.store(1, Ordering::Release);
-        let answer = committer.begin_order(order(42, user, item)).await;
+        let answer = committer.place(order(42, user, item)).await;
         assert!(
             matches!(answer, Err(PersistenceError::Unknown(_))),
             "{answer:?}"
@@ -604,18 +601,19 @@ mod tests {
         assert_eq!(scratch.count("orders").await.unwrap(), 1);
         assert_eq!(scratch.count("order_lines").await.unwrap(), 1);
         // The next write goes through as usual.
-        assert_eq!(
-            committer.begin_order(order(43, user, item)).await.unwrap(),
-            BeginOutcome::Created
-        );
+        assert!(matches!(
+            committer.place(order(43, user, item)).await.unwrap(),
+            PlaceOutcome::Placed { .. }
+        ));
     }
 
     #[tokio::test]
-    async fn a_fenced_reservation_batch_writes_nothing() {
+    async fn an_order_holding_units_under_a_stale_epoch_writes_nothing() {
         let Setup {
             scratch,
             committer,
             writer: _writer,
+            user,
             item,
             ..
         } = setup(CommitterConfig::default()).await;
@@ -639,18 +637,40 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(newer.epoch, claim.epoch + 1);
-        let batch = |epoch| crate::stock::ReserveBatch {
+        // An order holding 2 units under the stale epoch is refused by the database.
+        let mut stale = order(9, user, item);
+        stale.lines[0].quantity = 2;
+        stale.holds = vec![crate::orders::StockHold {
             item_id: item,
-            epoch,
-            deadline_at: now_millis() + 60_000,
-            reservations: vec![(1, 2)],
-        };
+            quantity: 2,
+            source: crate::orders::HoldSource::Allotment { epoch: claim.epoch },
+        }];
         assert_eq!(
-            committer.reserve(batch(claim.epoch)).await.unwrap(),
-            ReserveOutcome::Fenced
+            committer.place(stale).await.unwrap(),
+            PlaceOutcome::HoldLost { item_id: item }
         );
+        assert_eq!(scratch.count("orders").await.unwrap(), 0);
         assert_eq!(scratch.count("reservations").await.unwrap(), 0);
         // The stale owner's checked-out units went back to the row with the takeover.
         assert_eq!(scratch.units(item).await.unwrap(), (10, 0, 0, 0));
+        // The new owner's hold is taken: units move from its allotment to a sold reservation.
+        let (moved, _) = scratch
+            .db
+            .check_out_units(item, newer.epoch, 4)
+            .await
+            .unwrap();
+        assert_eq!(moved, 4);
+        let mut fresh = order(10, user, item);
+        fresh.lines[0].quantity = 2;
+        fresh.holds = vec![crate::orders::StockHold {
+            item_id: item,
+            quantity: 2,
+            source: crate::orders::HoldSource::Allotment { epoch: newer.epoch },
+        }];
+        assert!(matches!(
+            committer.place(fresh).await.unwrap(),
+            PlaceOutcome::Placed { .. }
+        ));
+        assert_eq!(scratch.units(item).await.unwrap(), (6, 2, 0, 2));
     }
 }

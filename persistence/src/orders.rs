@@ -25,7 +25,32 @@ pub struct NewOrderLine {
     pub unit_price: i64,
 }
 
-/// An order as the saga first writes it (status PROCESSING).
+/// Units of one line, held for an order until its write settles them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockHold {
+    /// Item.
+    pub item_id: i64,
+    /// Units.
+    pub quantity: i64,
+    /// Where the units are held.
+    pub source: HoldSource,
+}
+
+/// Where a hold's units are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldSource {
+    /// In the item owner's allotment, taken in memory: the order's write takes them out of the
+    /// allotment row, fenced by this epoch.
+    Allotment {
+        /// The owner's epoch when it gave the hold.
+        epoch: i64,
+    },
+    /// In a `HELD` reservation row already written for the order (the comparison strategies):
+    /// the order's write confirms it.
+    Reservation,
+}
+
+/// An order as it is written: once, in its final state, `SUCCEEDED`.
 #[derive(Debug, Clone)]
 pub struct NewOrder {
     /// Id allocated by the node beforehand.
@@ -34,6 +59,8 @@ pub struct NewOrder {
     pub user_id: i64,
     /// Lines, in request order.
     pub lines: Vec<NewOrderLine>,
+    /// The units of every line (one hold per line, same order).
+    pub holds: Vec<StockHold>,
     /// Coupon named by the request.
     pub coupon_id: Option<i64>,
     /// Sum of the lines minus the discount.
@@ -42,54 +69,37 @@ pub struct NewOrder {
     pub discount: i64,
     /// Idempotency key and request hash, when the client sent a key.
     pub idempotency: Option<(String, String)>,
-    /// Set when the order is refused before anything is reserved (a line's item is known to
-    /// be sold out): it is written FAILED at once, in this one write, and takes no coupon.
-    pub refused: Option<Refusal>,
 }
 
-/// Why an order is written FAILED from the start.
-#[derive(Debug, Clone)]
-pub struct Refusal {
-    /// Status per line, by line index.
-    pub line_statuses: Vec<LineStatus>,
-    /// The recorded reason.
-    pub reason: String,
-}
-
-/// Result of writing a new order.
+/// Result of writing an order. Anything but `Placed` wrote nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BeginOutcome {
-    /// The order is stored.
-    Created,
-    /// The key was used before by this member: nothing was written.
+pub enum PlaceOutcome {
+    /// The order is stored, `SUCCEEDED`, with its lines, its sold units and its event.
+    Placed {
+        /// Unix ms of the write (the order's `createdAt`).
+        at: i64,
+    },
+    /// The key was used before by this member.
     Duplicate {
         /// The order the key belongs to.
         order_id: i64,
         /// Hash of the request that first used the key.
         request_hash: String,
     },
-    /// The order's coupon could not be taken: nothing was written.
+    /// The order's coupon could not be taken.
     CouponRefused(CouponRefusal),
+    /// A hold was not there any more: its owner's epoch moved on (another owner took the
+    /// item), or its reservation expired. The holder of that epoch must stop selling.
+    HoldLost {
+        /// The item.
+        item_id: i64,
+    },
 }
 
-/// How an order ends.
-#[derive(Debug, Clone)]
-pub struct OrderResolution {
-    /// Order.
-    pub order_id: i64,
-    /// Final line statuses, by line index, when the saga failed (ignored on success: every
-    /// line becomes RESERVED).
-    pub line_statuses: Vec<LineStatus>,
-    /// Why it failed (None on success).
-    pub failure: Option<String>,
-}
-
-/// Result of resolving an order.
+/// Result of failing an order left `PROCESSING` (by an older version, or a stale sweep).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResolveOutcome {
-    /// Now SUCCEEDED.
-    Succeeded,
-    /// Now FAILED (asked for, or a reservation had expired before confirmation).
+pub enum FailOutcome {
+    /// Now FAILED; what it held is released and its coupon given back.
     Failed,
     /// It was not PROCESSING any more; nothing changed.
     AlreadyFinal,
@@ -207,11 +217,14 @@ const ORDER_COLUMNS: &str =
 
 // ---- statements run inside a group-commit transaction -------------------------------------
 
-pub(crate) async fn begin_order(
+/// Writes an order in one go, `SUCCEEDED`: claims its idempotency key, takes its coupon and
+/// the units of every hold (fenced), inserts the order, its lines, the sold units and its
+/// outbox event. A refusal undoes what this write did in the transaction, so it writes nothing.
+pub(crate) async fn place_order(
     conn: &mut AnyConnection,
     order: &NewOrder,
     now: i64,
-) -> Result<BeginOutcome, sqlx::Error> {
+) -> Result<PlaceOutcome, sqlx::Error> {
     if let Some((key, hash)) = &order.idempotency {
         let claimed = sqlx::query(
             "INSERT INTO idempotency_keys (user_id, idem_key, request_hash, order_id, created_at) \
@@ -234,74 +247,55 @@ pub(crate) async fn begin_order(
             .bind(key)
             .fetch_one(&mut *conn)
             .await?;
-            return Ok(BeginOutcome::Duplicate {
+            return Ok(PlaceOutcome::Duplicate {
                 order_id,
                 request_hash,
             });
         }
-    }
-    if let Some(refused) = &order.refused {
-        return write_refused(conn, order, refused, now).await;
     }
     if let Some(coupon_id) = order.coupon_id
         && let Err(refusal) =
             coupons::take_for_order(conn, coupon_id, order.user_id, order.id).await?
     {
         unclaim_key(conn, order).await?;
-        return Ok(BeginOutcome::CouponRefused(refusal));
+        return Ok(PlaceOutcome::CouponRefused(refusal));
     }
-    insert_order(conn, order, None, now).await?;
-    Ok(BeginOutcome::Created)
+    for (taken, hold) in order.holds.iter().enumerate() {
+        if !stock_rows::take_hold(conn, order.id, hold, now).await? {
+            let undo = order.holds.get(..taken).unwrap_or_default();
+            stock_rows::undo_holds(conn, order.id, undo, now).await?;
+            coupons::give_back(conn, order.id).await?;
+            unclaim_key(conn, order).await?;
+            return Ok(PlaceOutcome::HoldLost {
+                item_id: hold.item_id,
+            });
+        }
+    }
+    insert_order(conn, order, now).await?;
+    outbox(conn, order.id, OrderStatus::Succeeded, now).await?;
+    Ok(PlaceOutcome::Placed { at: now })
 }
 
-/// Writes an order that is FAILED from the start, with its lines and its outbox event.
-async fn write_refused(
-    conn: &mut AnyConnection,
-    order: &NewOrder,
-    refused: &Refusal,
-    now: i64,
-) -> Result<BeginOutcome, sqlx::Error> {
-    insert_order(conn, order, Some(refused), now).await?;
-    outbox(conn, order.id, OrderStatus::Failed, now).await?;
-    Ok(BeginOutcome::Created)
-}
-
-/// Inserts the order row and its lines: PROCESSING, or FAILED with the refusal's reason and
-/// line statuses.
+/// Inserts the order row, `SUCCEEDED`, and its lines, `RESERVED`.
 async fn insert_order(
     conn: &mut AnyConnection,
     order: &NewOrder,
-    refused: Option<&Refusal>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let order_status = if refused.is_some() {
-        OrderStatus::Failed
-    } else {
-        OrderStatus::Processing
-    };
     sqlx::query(
         "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, failure_reason, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $7)",
     )
     .bind(order.id)
     .bind(order.user_id)
-    .bind(order_status.as_str())
+    .bind(OrderStatus::Succeeded.as_str())
     .bind(order.coupon_id)
     .bind(order.total_price)
     .bind(order.discount)
-    .bind(refused.map(|r| r.reason.as_str()))
     .bind(now)
     .execute(&mut *conn)
     .await?;
     for (line_no, line) in order.lines.iter().enumerate() {
-        let line_state = match refused {
-            None => LineStatus::Processing,
-            Some(r) => r
-                .line_statuses
-                .get(line_no)
-                .copied()
-                .unwrap_or(LineStatus::Released),
-        };
         sqlx::query(
             "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -311,14 +305,14 @@ async fn insert_order(
         .bind(line.item_id)
         .bind(line.quantity)
         .bind(line.unit_price)
-        .bind(line_state.as_str())
+        .bind(LineStatus::Reserved.as_str())
         .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
-/// Undoes the idempotency claim `begin_order` made in this transaction.
+/// Undoes the idempotency claim `place_order` made in this transaction.
 async fn unclaim_key(conn: &mut AnyConnection, order: &NewOrder) -> Result<(), sqlx::Error> {
     if let Some((key, _)) = &order.idempotency {
         sqlx::query("DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2")
@@ -349,29 +343,14 @@ async fn outbox(
     Ok(())
 }
 
-async fn set_line_statuses(
+/// Fails an order left `PROCESSING` (recovery at start, the stale sweep): releases what it
+/// holds and gives its coupon back. Idempotent.
+pub(crate) async fn fail_order(
     conn: &mut AnyConnection,
     order_id: i64,
-    statuses: &[LineStatus],
-) -> Result<(), sqlx::Error> {
-    for (line_no, status) in statuses.iter().enumerate() {
-        sqlx::query("UPDATE order_lines SET status = $1 WHERE order_id = $2 AND line_no = $3")
-            .bind(status.as_str())
-            .bind(order_id)
-            .bind(i64::try_from(line_no).unwrap_or(i64::MAX))
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-async fn fail_order(
-    conn: &mut AnyConnection,
-    order_id: i64,
-    line_statuses: &[LineStatus],
     reason: &str,
     now: i64,
-) -> Result<ResolveOutcome, sqlx::Error> {
+) -> Result<FailOutcome, sqlx::Error> {
     let changed = sqlx::query(
         "UPDATE orders SET status = 'FAILED', failure_reason = $1, updated_at = $2 \
          WHERE id = $3 AND status = 'PROCESSING'",
@@ -383,76 +362,19 @@ async fn fail_order(
     .await?
     .rows_affected();
     if changed == 0 {
-        return Ok(ResolveOutcome::AlreadyFinal);
+        return Ok(FailOutcome::AlreadyFinal);
     }
     stock_rows::release_all(conn, order_id, ReservationStatus::Held, now).await?;
     coupons::give_back(conn, order_id).await?;
-    if line_statuses.is_empty() {
-        sqlx::query(
-            "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
-             AND status <> 'ITEM_NOT_FOUND'",
-        )
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        set_line_statuses(conn, order_id, line_statuses).await?;
-    }
-    outbox(conn, order_id, OrderStatus::Failed, now).await?;
-    Ok(ResolveOutcome::Failed)
-}
-
-pub(crate) async fn resolve_order(
-    conn: &mut AnyConnection,
-    resolution: &OrderResolution,
-    now: i64,
-) -> Result<ResolveOutcome, sqlx::Error> {
-    if let Some(reason) = &resolution.failure {
-        return fail_order(
-            conn,
-            resolution.order_id,
-            &resolution.line_statuses,
-            reason,
-            now,
-        )
-        .await;
-    }
-    let (lines,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM order_lines WHERE order_id = $1")
-        .bind(resolution.order_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    let confirmed = stock_rows::confirm_reservations(conn, resolution.order_id, now).await?;
-    if i64::try_from(confirmed).unwrap_or(i64::MAX) != lines {
-        // A reservation expired before the saga confirmed it: the order cannot succeed. Put
-        // back what was just confirmed and fail it, all in this transaction.
-        stock_rows::release_all(conn, resolution.order_id, ReservationStatus::Confirmed, now)
-            .await?;
-        return fail_order(
-            conn,
-            resolution.order_id,
-            &[],
-            "a reservation expired before the order completed",
-            now,
-        )
-        .await;
-    }
-    let changed = sqlx::query(
-        "UPDATE orders SET status = 'SUCCEEDED', updated_at = $1 WHERE id = $2 AND status = 'PROCESSING'",
+    sqlx::query(
+        "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
+         AND status <> 'ITEM_NOT_FOUND'",
     )
-    .bind(now)
-    .bind(resolution.order_id)
+    .bind(order_id)
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(ResolveOutcome::AlreadyFinal);
-    }
-    sqlx::query("UPDATE order_lines SET status = 'RESERVED' WHERE order_id = $1")
-        .bind(resolution.order_id)
-        .execute(&mut *conn)
-        .await?;
-    outbox(conn, resolution.order_id, OrderStatus::Succeeded, now).await?;
-    Ok(ResolveOutcome::Succeeded)
+    .await?;
+    outbox(conn, order_id, OrderStatus::Failed, now).await?;
+    Ok(FailOutcome::Failed)
 }
 
 pub(crate) async fn cancel_order(
@@ -499,9 +421,7 @@ pub(crate) async fn fail_stale(
     .await?;
     let mut failed = 0;
     for (order_id,) in stale {
-        if fail_order(conn, order_id, &[], "not completed in time", now).await?
-            == ResolveOutcome::Failed
-        {
+        if fail_order(conn, order_id, "not completed in time", now).await? == FailOutcome::Failed {
             failed += 1;
         }
     }
@@ -581,6 +501,22 @@ impl Database {
                 row.with_lines(lines)
             })
             .collect()
+    }
+
+    /// The order a member's Idempotency-Key belongs to, with the hash of the request that first
+    /// used it.
+    pub async fn idempotency_record(
+        &self,
+        user_id: i64,
+        key: &str,
+    ) -> Result<Option<(i64, String)>, PersistenceError> {
+        Ok(sqlx::query_as(
+            "SELECT order_id, request_hash FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2",
+        )
+        .bind(user_id)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
     /// Orders still PROCESSING (at start: sagas a previous process left unfinished).

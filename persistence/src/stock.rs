@@ -3,27 +3,30 @@
 //! Invariant protected: **no oversell**. Units live in exactly one of three places: the item
 //! row (`items.available`, held by nobody), an owner's allotment (`stock_allotments.units`,
 //! checked out to the one stock actor that owns the item under an **epoch**), or a reservation
-//! (`reservations`, `HELD` for an order, then `CONFIRMED` or `RELEASED`). Every statement here
-//! moves units between those places in one transaction, and every write an owner makes names its
-//! epoch: when another owner has taken the item over (a higher epoch), the write changes zero
-//! rows and the caller stops selling. A stale owner can therefore undersell until the sweeper
-//! runs, never oversell.
+//! (`reservations`: `CONFIRMED` for units sold to an order, `HELD` while a comparison
+//! strategy's order is in flight, `RELEASED` once given back). Every statement here moves units
+//! between those places in one transaction, and every write that takes units out of an
+//! allotment names the owner's epoch: when another owner has taken the item over (a higher
+//! epoch), the write changes zero rows and the order is not written. A stale owner can
+//! therefore undersell, never oversell.
 //!
 //! - claim ([`Database::claim_allotment`]), check-out ([`Database::check_out_units`]), give
 //!   back ([`Database::return_allotment`], [`Database::reclaim_allotments`]): the owner's
 //!   allotment, each in its own short transaction;
-//! - [`reserve`], [`confirm_reservations`], [`release_all`], [`release_expired`]: run inside a
+//! - [`take_hold`], [`undo_holds`], [`release_all`], [`release_expired`]: run inside a
 //!   group-commit transaction (see [`crate::committer`]), together with the order rows of
-//!   [`crate::orders`].
+//!   [`crate::orders`]: an order takes its units in the same transaction that writes it.
 
 use sqlx::AnyConnection;
 
+use crate::orders::{HoldSource, StockHold};
 use crate::{Database, PersistenceError, now_millis};
 
 /// A reservation's status as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReservationStatus {
-    /// Units held for an order whose saga has not finished; expires at its deadline.
+    /// Units held for an order whose saga has not finished (comparison strategies); expires at
+    /// its deadline.
     Held,
     /// Units sold to an order that succeeded.
     Confirmed,
@@ -40,28 +43,6 @@ impl ReservationStatus {
             Self::Released => "RELEASED",
         }
     }
-}
-
-/// A stock actor's reservations of one item, written together.
-#[derive(Debug, Clone)]
-pub struct ReserveBatch {
-    /// Item.
-    pub item_id: i64,
-    /// The writing actor's epoch; a different epoch on the allotment row fences the batch.
-    pub epoch: i64,
-    /// When unconfirmed reservations expire.
-    pub deadline_at: i64,
-    /// (order id, units) per reservation.
-    pub reservations: Vec<(i64, i64)>,
-}
-
-/// Result of a reservation batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    /// Durable.
-    Written,
-    /// The actor no longer owns the item (or its allotment is short); nothing was written.
-    Fenced,
 }
 
 /// What a stock actor learns when it takes an item over.
@@ -254,62 +235,98 @@ impl Database {
 
 // ---- statements run inside a group-commit transaction -------------------------------------
 
-/// Writes a batch of reservations and takes their units out of the owner's allotment, fenced
-/// by the owner's epoch: `Fenced` (and nothing written) when the epoch moved on.
-pub(crate) async fn reserve(
-    conn: &mut AnyConnection,
-    batch: &ReserveBatch,
-    now: i64,
-) -> Result<ReserveOutcome, sqlx::Error> {
-    let units: i64 = batch.reservations.iter().map(|(_, q)| q).sum();
-    let fenced = sqlx::query(
-        "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
-         WHERE item_id = $3 AND epoch = $4 AND units >= $1",
-    )
-    .bind(units)
-    .bind(now)
-    .bind(batch.item_id)
-    .bind(batch.epoch)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 0;
-    if fenced {
-        return Ok(ReserveOutcome::Fenced);
-    }
-    for (order_id, quantity) in &batch.reservations {
-        sqlx::query(
-            "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, 'HELD', $4, $5, $6, $6)",
-        )
-        .bind(order_id)
-        .bind(batch.item_id)
-        .bind(quantity)
-        .bind(batch.epoch)
-        .bind(batch.deadline_at)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(ReserveOutcome::Written)
-}
-
-/// Confirms every `HELD` reservation of an order (the units are sold); returns how many.
-pub(crate) async fn confirm_reservations(
+/// Takes a hold's units for `order_id`: out of the owner's allotment row, fenced by its epoch
+/// (`false`, nothing changed, when the epoch moved on or the row has fewer units), and into a
+/// `CONFIRMED` reservation; or, for a hold that is already a `HELD` reservation, confirms it
+/// (`false` when it expired).
+pub(crate) async fn take_hold(
     conn: &mut AnyConnection,
     order_id: i64,
+    hold: &StockHold,
     now: i64,
-) -> Result<i64, sqlx::Error> {
-    let confirmed = sqlx::query(
-        "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
-         WHERE order_id = $2 AND status = 'HELD'",
-    )
-    .bind(now)
-    .bind(order_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(i64::try_from(confirmed).unwrap_or(i64::MAX))
+) -> Result<bool, sqlx::Error> {
+    match hold.source {
+        HoldSource::Allotment { epoch } => {
+            let taken = sqlx::query(
+                "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
+                 WHERE item_id = $3 AND epoch = $4 AND units >= $1",
+            )
+            .bind(hold.quantity)
+            .bind(now)
+            .bind(hold.item_id)
+            .bind(epoch)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
+                 VALUES ($1, $2, $3, 'CONFIRMED', $4, $5, $5, $5)",
+            )
+            .bind(order_id)
+            .bind(hold.item_id)
+            .bind(hold.quantity)
+            .bind(epoch)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(true)
+        }
+        HoldSource::Reservation => {
+            let confirmed = sqlx::query(
+                "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
+                 WHERE order_id = $2 AND item_id = $3 AND status = 'HELD'",
+            )
+            .bind(now)
+            .bind(order_id)
+            .bind(hold.item_id)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok(confirmed == 1)
+        }
+    }
+}
+
+/// Undoes [`take_hold`] for holds taken earlier in this transaction (a later one was lost).
+pub(crate) async fn undo_holds(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    holds: &[StockHold],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    for hold in holds {
+        if let HoldSource::Allotment { epoch } = hold.source {
+            sqlx::query(
+                "UPDATE stock_allotments SET units = units + $1, updated_at = $2 \
+                 WHERE item_id = $3 AND epoch = $4",
+            )
+            .bind(hold.quantity)
+            .bind(now)
+            .bind(hold.item_id)
+            .bind(epoch)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM reservations WHERE order_id = $1 AND item_id = $2")
+                .bind(order_id)
+                .bind(hold.item_id)
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE reservations SET status = 'HELD', updated_at = $1 \
+                 WHERE order_id = $2 AND item_id = $3 AND status = 'CONFIRMED'",
+            )
+            .bind(now)
+            .bind(order_id)
+            .bind(hold.item_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Releases one reservation in `from` status, returning its units to the item row.
@@ -382,4 +399,22 @@ pub(crate) async fn release_expired(
         }
     }
     Ok(released)
+}
+
+impl Database {
+    /// Releases one `HELD` reservation in a transaction of its own (a comparison strategy's
+    /// hold that its order did not take). Idempotent.
+    pub async fn release_held(&self, order_id: i64, item_id: i64) -> Result<(), PersistenceError> {
+        let mut tx = self.begin_write().await?;
+        release_reservation(
+            &mut tx,
+            order_id,
+            item_id,
+            ReservationStatus::Held,
+            now_millis(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }

@@ -6,33 +6,34 @@ use std::fmt::Debug;
 
 use surge_persistence::PersistenceError;
 use surge_persistence::committer::GroupCommitter;
-use surge_persistence::orders::{BeginOutcome, NewOrder, OrderResolution, ResolveOutcome};
+use surge_persistence::orders::{FailOutcome, NewOrder, PlaceOutcome};
 
 use crate::stock::path::PathFuture;
 
 /// The durable writes of an order saga.
 pub trait OrderLedger: Debug + Send + Sync + 'static {
-    /// Records a new order (PROCESSING, or FAILED from a refusal) and claims its idempotency
-    /// key and coupon; returns after the commit.
-    fn begin(&self, order: NewOrder) -> PathFuture<'_, Result<BeginOutcome, PersistenceError>>;
+    /// Writes the order once, in its final state, with its idempotency claim, its coupon and
+    /// the units of its holds (fenced); returns after the commit.
+    fn place(&self, order: NewOrder) -> PathFuture<'_, Result<PlaceOutcome, PersistenceError>>;
 
-    /// Writes an order's final status (confirming or releasing what it holds); returns after
-    /// the commit.
-    fn resolve(
+    /// Fails an order left `PROCESSING`, releasing what it held; returns after the commit.
+    fn fail(
         &self,
-        resolution: OrderResolution,
-    ) -> PathFuture<'_, Result<ResolveOutcome, PersistenceError>>;
+        order_id: i64,
+        reason: String,
+    ) -> PathFuture<'_, Result<FailOutcome, PersistenceError>>;
 }
 
 impl OrderLedger for GroupCommitter {
-    fn begin(&self, order: NewOrder) -> PathFuture<'_, Result<BeginOutcome, PersistenceError>> {
-        Box::pin(self.begin_order(order))
+    fn place(&self, order: NewOrder) -> PathFuture<'_, Result<PlaceOutcome, PersistenceError>> {
+        Box::pin(GroupCommitter::place(self, order))
     }
 
-    fn resolve(
+    fn fail(
         &self,
-        resolution: OrderResolution,
-    ) -> PathFuture<'_, Result<ResolveOutcome, PersistenceError>> {
-        Box::pin(GroupCommitter::resolve(self, resolution))
+        order_id: i64,
+        reason: String,
+    ) -> PathFuture<'_, Result<FailOutcome, PersistenceError>> {
+        Box::pin(GroupCommitter::fail(self, order_id, reason))
     }
 }

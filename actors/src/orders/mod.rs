@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use surge_domain::{ItemId, OrderStatus, Quantity};
+use surge_domain::{ItemId, LineStatus, OrderStatus, Quantity};
 use surge_persistence::Database;
-use surge_persistence::orders::OrderResolution;
+use surge_persistence::orders::OrderRecord;
 use surge_supervisors::{CircuitBreaker, OnFailure, RestartIntensity, RetryPolicy, Supervisor};
 use tokio::sync::{broadcast, oneshot};
 
@@ -52,22 +52,23 @@ pub struct OrderRequest {
 /// How a saga ended, for the HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SagaOutcome {
-    /// SUCCEEDED.
-    Succeeded(i64),
-    /// FAILED because a line lacked stock.
-    OutOfStock(i64),
-    /// FAILED because a line named an unknown item.
-    ItemNotFound(i64),
+    /// Written `SUCCEEDED`: the order as written (the answer needs no read-back).
+    Succeeded(OrderRecord),
+    /// A line lacked stock: nothing was written. The status of every line, in request order.
+    OutOfStock(Vec<LineStatus>),
+    /// A line named an unknown item: nothing was written. The status of every line.
+    ItemNotFound(Vec<LineStatus>),
     /// The key was used before with this same request: replay that order.
     Replay(i64),
     /// The key was used before with another request.
     KeyReused,
-    /// FAILED (compensated) because a dependency failed.
-    Failed(i64, String),
+    /// A dependency failed; nothing was written.
+    Failed(String),
     /// The coupon could not be used; nothing was written.
     CouponRefused(CouponProblem),
-    /// Every line was reserved but the final write's outcome is unknown: the order is
-    /// SUCCEEDED, or still PROCESSING and failed later by the sweeper.
+    /// The order's write may or may not have committed: the order exists `SUCCEEDED`, or not at
+    /// all. Its holds are not given back (an undersell until the owner's allotment is
+    /// reconciled, never an oversell).
     Undetermined(i64, String),
 }
 
@@ -131,6 +132,37 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<i64, SagaView>>,
     /// The last saga failure the supervisor saw, for the admin page.
     last_failure: Mutex<Option<String>>,
+    /// Orders in flight per (member, Idempotency-Key), and the order the key placed once known.
+    ///
+    /// Concurrency decision: requests that repeat a key wait for the first one instead of
+    /// racing it for stock (a retry must replay the first outcome, not be refused because the
+    /// first took the last units). The durable claim in the order's write still decides
+    /// across nodes; this only keeps one node's duplicates in line. An entry lives while a
+    /// request for it is in flight.
+    keys: Mutex<HashMap<(i64, String), KeySlot>>,
+}
+
+/// One Idempotency-Key in flight: the order it placed (id, request hash), once known.
+pub(crate) type KeySlot = Arc<tokio::sync::Mutex<Option<(i64, String)>>>;
+
+impl Inner {
+    /// The slot of a key, shared by every request in flight with it.
+    pub(crate) fn key_slot(&self, user_id: i64, key: &str) -> KeySlot {
+        self.keys
+            .lock()
+            .map(|mut keys| keys.entry((user_id, key.to_owned())).or_default().clone())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a key's slot when no other request holds it.
+    pub(crate) fn drop_key_slot(&self, user_id: i64, key: &str, slot: KeySlot) {
+        if let Ok(mut keys) = self.keys.lock() {
+            // The map's reference and ours: nobody else is waiting.
+            if Arc::strong_count(&slot) <= 2 {
+                keys.remove(&(user_id, key.to_owned()));
+            }
+        }
+    }
 }
 
 impl Inner {
@@ -227,35 +259,22 @@ impl OrderSagas {
             ids: tokio::sync::Mutex::new(IdBlock { next: 0, end: 0 }),
             running: Mutex::new(HashMap::new()),
             last_failure: Mutex::new(None),
+            keys: Mutex::new(HashMap::new()),
         });
-        // A failed saga is compensated at once: its order is failed, its HELD reservations
-        // released and its coupon given back, in one transaction (the same write a saga's own
-        // failure path makes; it changes nothing if the order already reached a final status).
-        // Should that write fail too, the reservations still expire and the order is
-        // compensated at the next start (`recovery`).
+        // A saga that dies has written nothing (its one write is atomic), or its order is
+        // already SUCCEEDED: there is nothing to compensate. Its holds stay out of its actors'
+        // allotments (an undersell until the allotments are given back). The supervisor
+        // records the failure for the admin page.
         let on_failure = {
             let inner = Arc::downgrade(&inner);
             OnFailure(move |failure: &surge_supervisors::Failure<i64>| {
                 let Some(inner) = inner.upgrade() else { return };
+                tracing::error!(order_id = failure.key, error = %failure.error, "an order saga failed");
                 if let Ok(mut last) = inner.last_failure.lock() {
                     *last = Some(failure.error.clone());
                 }
-                let order_id = failure.key;
                 // It will not clear its own step any more.
-                inner.set_step(order_id, None);
-                tokio::spawn(async move {
-                    let compensated = inner
-                        .ledger
-                        .resolve(OrderResolution {
-                            order_id,
-                            line_statuses: Vec::new(),
-                            failure: Some("the order saga failed".into()),
-                        })
-                        .await;
-                    if let Err(e) = compensated {
-                        tracing::warn!(order_id, error = %e, "compensating a failed saga failed; the next start will");
-                    }
-                });
+                inner.set_step(failure.key, None);
             })
         };
         // A saga is never restarted (its request is gone); each order id is used once, so the

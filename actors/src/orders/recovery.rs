@@ -1,7 +1,8 @@
-//! Recovery at start: orders a previous process left `PROCESSING` are compensated (their held
-//! units released, their coupon given back) and recorded `FAILED`, before the node serves.
+//! Recovery at start: orders left `PROCESSING` (by a version of Surge that wrote orders in
+//! several steps) are compensated (their held units released, their coupon given back) and
+//! recorded `FAILED`, before the node serves. Orders written today are never `PROCESSING`:
+//! each is written once, in its final state.
 
-use surge_persistence::orders::OrderResolution;
 use surge_persistence::{Database, PersistenceError};
 
 use super::OrderLedger;
@@ -11,11 +12,10 @@ pub async fn recover(db: &Database, ledger: &dyn OrderLedger) -> Result<usize, P
     let stuck = db.processing_orders().await?;
     for order_id in &stuck {
         ledger
-            .resolve(OrderResolution {
-                order_id: *order_id,
-                line_statuses: Vec::new(),
-                failure: Some("the node stopped before the order completed".into()),
-            })
+            .fail(
+                *order_id,
+                "the node stopped before the order completed".into(),
+            )
             .await?;
     }
     Ok(stuck.len())

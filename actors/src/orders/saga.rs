@@ -1,10 +1,12 @@
 //! The order saga: one short-lived actor per order.
 //!
-//! Steps: price ([`super::place`]) → record the order and claim its idempotency key and coupon
-//! (one write) → reserve every line at once through the [`StockPath`](crate::stock::StockPath)
-//! (each answer arrives after its reservation is durable) → confirm: SUCCEEDED, reservations
-//! CONFIRMED and the outbox event in one write. Any failure after the first write compensates
-//! in one write: the order FAILED, its HELD units released, its coupon given back.
+//! Steps: price ([`super::place`]) → hold every line at once through the
+//! [`StockPath`](crate::stock::StockPath) (the stock actors decide in memory) → **one write**:
+//! the order `SUCCEEDED` with its lines, its sold units (taken out of each owner's allotment,
+//! fenced by its epoch), its outbox event, its idempotency record and its coupon use, in the
+//! next group commit → answer. A refusal (sold out, unknown item, coupon, a reused key) writes
+//! nothing and gives the holds back. A hold the database refused (its owner's epoch moved on)
+//! stops that owner, and the saga holds and writes again within its deadline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,13 +15,14 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use surge_domain::{ItemId, LineStatus, OrderStatus, Quantity};
 use surge_persistence::PersistenceError;
 use surge_persistence::coupons::CouponRefusal;
-use surge_persistence::orders::{BeginOutcome, NewOrder, OrderResolution, Refusal, ResolveOutcome};
+use surge_persistence::orders::{NewOrder, OrderLineRecord, OrderRecord, PlaceOutcome};
 use surge_supervisors::{CallError, retry};
 use tokio::sync::oneshot;
 
 use super::place::{coupon_discount, price_lines};
 use super::{CouponProblem, Inner, OrderRequest, SagaOutcome};
 use crate::stock::ReserveError;
+use crate::stock::path::Hold;
 
 /// The saga actor. It takes no messages: it runs its steps in `post_start` and stops.
 #[derive(Debug)]
@@ -54,7 +57,7 @@ impl Actor for OrderSaga {
     ) -> Result<(), ActorProcessingErr> {
         let order_id = state.order_id;
         state.inner.set_step(order_id, Some("validating"));
-        let outcome = run(&state.inner, order_id, &state.request).await;
+        let outcome = run_once_per_key(&state.inner, order_id, &state.request).await;
         state.inner.set_step(order_id, None);
         if let Some(reply) = state.reply.take() {
             let _ = reply.send(outcome);
@@ -70,8 +73,8 @@ fn is_database_failure(e: &PersistenceError) -> bool {
     !matches!(e, PersistenceError::Overloaded | PersistenceError::Conflict)
 }
 
-/// A forward write (recording or confirming), through the database breaker: refused at once
-/// while it is open, and its outcome recorded on it.
+/// The order's write, through the database breaker: refused at once while it is open, and its
+/// outcome recorded on it (the permit is held across the write).
 async fn guarded<T>(
     inner: &Inner,
     write: impl Future<Output = Result<T, PersistenceError>>,
@@ -86,13 +89,74 @@ async fn guarded<T>(
         })
 }
 
+/// Runs the saga; a request that repeats an Idempotency-Key in flight waits for the first and
+/// replays its order.
+async fn run_once_per_key(
+    inner: &Arc<Inner>,
+    order_id: i64,
+    request: &OrderRequest,
+) -> SagaOutcome {
+    let Some((key, hash)) = &request.idempotency else {
+        return run(inner, order_id, request).await;
+    };
+    let slot = inner.key_slot(request.user_id, key);
+    let outcome = {
+        let mut placed = slot.lock().await;
+        match &*placed {
+            Some((first, first_hash)) if first_hash == hash => SagaOutcome::Replay(*first),
+            Some(_) => SagaOutcome::KeyReused,
+            None => {
+                let outcome = run(inner, order_id, request).await;
+                match &outcome {
+                    SagaOutcome::Succeeded(order) => *placed = Some((order.id, hash.clone())),
+                    SagaOutcome::Replay(first) => *placed = Some((*first, hash.clone())),
+                    _ => {}
+                }
+                outcome
+            }
+        }
+    };
+    inner.drop_key_slot(request.user_id, key, slot);
+    outcome
+}
+
+/// A refusal for a request with an Idempotency-Key that may already have placed an order (a
+/// retry that comes after the stock ran out): the first order is replayed instead.
+async fn replay_or(inner: &Inner, request: &OrderRequest, refusal: SagaOutcome) -> SagaOutcome {
+    let Some((key, hash)) = &request.idempotency else {
+        return refusal;
+    };
+    match inner.db.idempotency_record(request.user_id, key).await {
+        Ok(Some((first, first_hash))) if first_hash == *hash => SagaOutcome::Replay(first),
+        Ok(Some(_)) => SagaOutcome::KeyReused,
+        Ok(None) => refusal,
+        Err(e) => SagaOutcome::Failed(e.to_string()),
+    }
+}
+
 /// Runs the saga to its outcome.
 pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderRequest) -> SagaOutcome {
-    // 1. Validate and price.
+    // 1. Validate and price. An unknown item refuses the order: nothing is written.
     let priced = match price_lines(inner, &request.lines).await {
         Ok(p) => p,
-        Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
+        Err(e) => return SagaOutcome::Failed(e.to_string()),
     };
+    if priced.missing.contains(&true) {
+        let refusal = SagaOutcome::ItemNotFound(
+            priced
+                .missing
+                .iter()
+                .map(|&m| {
+                    if m {
+                        LineStatus::ItemNotFound
+                    } else {
+                        LineStatus::Released
+                    }
+                })
+                .collect(),
+        );
+        return replay_or(inner, request, refusal).await;
+    }
     let discount = match request.coupon_id {
         None => 0,
         Some(coupon_id) => {
@@ -107,173 +171,130 @@ pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderReques
             {
                 Ok(d) => d,
                 Err(Ok(problem)) => return SagaOutcome::CouponRefused(problem),
-                Err(Err(reason)) => return SagaOutcome::Failed(order_id, reason),
+                Err(Err(reason)) => return SagaOutcome::Failed(reason),
             }
         }
     };
-    // A line whose item is known sold out right now: the order is written FAILED at once, in
-    // one write, with nothing reserved. Under a flash sale this is the losers' path.
+    // 2. A line whose item is known sold out: refused from memory, nothing written. Under a
+    //    flash sale this is the losers' path.
     let sold_out: Vec<bool> = request
         .lines
         .iter()
         .map(|&(item, _)| inner.stock.known_sold_out(item))
         .collect();
-    let refused = sold_out.contains(&true).then(|| Refusal {
-        line_statuses: sold_out
-            .iter()
-            .map(|&gone| {
-                if gone {
-                    LineStatus::OutOfStock
-                } else {
-                    LineStatus::Released
+    if sold_out.contains(&true) {
+        let refusal = SagaOutcome::OutOfStock(
+            sold_out
+                .iter()
+                .map(|&gone| {
+                    if gone {
+                        LineStatus::OutOfStock
+                    } else {
+                        LineStatus::Released
+                    }
+                })
+                .collect(),
+        );
+        return replay_or(inner, request, refusal).await;
+    }
+    // 3. Hold every line, then write the order once. A hold the database refused (another
+    //    owner took its item over) is held again from the new owner, within the deadline.
+    let deadline = tokio::time::Instant::now() + inner.reserve_deadline;
+    loop {
+        inner.set_step(order_id, Some("holding"));
+        let holds = match hold_all(inner, order_id, &request.lines, deadline).await {
+            Ok(holds) => holds,
+            Err(refused @ (SagaOutcome::OutOfStock(_) | SagaOutcome::ItemNotFound(_))) => {
+                return replay_or(inner, request, refused).await;
+            }
+            Err(refused) => return refused,
+        };
+        inner.set_step(order_id, Some("writing"));
+        let order = NewOrder {
+            id: order_id,
+            user_id: request.user_id,
+            lines: priced.lines.clone(),
+            holds: holds.iter().map(Hold::record).collect(),
+            coupon_id: request.coupon_id,
+            total_price: priced.total - discount,
+            discount,
+            idempotency: request.idempotency.clone(),
+        };
+        let written = guarded(inner, inner.ledger.place(order.clone())).await;
+        let refused = match written {
+            Ok(PlaceOutcome::Placed { at }) => {
+                inner.publish(order_id, OrderStatus::Succeeded);
+                return SagaOutcome::Succeeded(as_written(order, at));
+            }
+            // The commit may have landed: the holds are not given back.
+            Err(PersistenceError::Unknown(cause)) => {
+                return SagaOutcome::Undetermined(order_id, cause);
+            }
+            Ok(PlaceOutcome::HoldLost { item_id }) => {
+                let (lost, kept): (Vec<Hold>, Vec<Hold>) =
+                    holds.into_iter().partition(|h| h.item.get() == item_id);
+                for hold in lost {
+                    inner.stock.lost(hold);
                 }
-            })
-            .collect(),
-        reason: "not enough stock".into(),
-    });
-    let born_failed = refused.is_some();
-    let order = NewOrder {
-        id: order_id,
-        user_id: request.user_id,
-        lines: priced.lines,
-        coupon_id: request.coupon_id,
-        total_price: priced.total - discount,
-        discount,
-        idempotency: request.idempotency.clone(),
-        refused,
-    };
-    // 2. Record the order (and claim the idempotency key and the coupon) before touching stock.
-    match guarded(inner, inner.ledger.begin(order)).await {
-        Ok(BeginOutcome::Created) => {}
-        Ok(BeginOutcome::Duplicate {
-            order_id: existing,
-            request_hash,
-        }) => {
-            let same = request
-                .idempotency
-                .as_ref()
-                .is_some_and(|(_, hash)| *hash == request_hash);
-            return if same {
-                SagaOutcome::Replay(existing)
-            } else {
-                SagaOutcome::KeyReused
-            };
-        }
-        Ok(BeginOutcome::CouponRefused(refusal)) => {
-            return SagaOutcome::CouponRefused(match refusal {
+                release_all(inner, order_id, kept).await;
+                if tokio::time::Instant::now() < deadline {
+                    continue;
+                }
+                return SagaOutcome::Failed("the item changed owner; try again".into());
+            }
+            Ok(PlaceOutcome::Duplicate {
+                order_id: existing,
+                request_hash,
+            }) => {
+                let same = request
+                    .idempotency
+                    .as_ref()
+                    .is_some_and(|(_, hash)| *hash == request_hash);
+                if same {
+                    SagaOutcome::Replay(existing)
+                } else {
+                    SagaOutcome::KeyReused
+                }
+            }
+            Ok(PlaceOutcome::CouponRefused(refusal)) => SagaOutcome::CouponRefused(match refusal {
                 CouponRefusal::NotIssued => CouponProblem::NotIssued,
                 CouponRefusal::AlreadyUsed => CouponProblem::AlreadyUsed,
-            });
-        }
-        Err(e) => return SagaOutcome::Failed(order_id, e.to_string()),
-    }
-    if born_failed {
-        inner.publish(order_id, OrderStatus::Failed);
-        return SagaOutcome::OutOfStock(order_id);
-    }
-    inner.publish(order_id, OrderStatus::Processing);
-    if priced.missing.contains(&true) {
-        let statuses = priced
-            .missing
-            .iter()
-            .map(|&m| {
-                if m {
-                    LineStatus::ItemNotFound
-                } else {
-                    LineStatus::Released
-                }
-            })
-            .collect();
-        return compensate(
-            inner,
-            order_id,
-            &[],
-            statuses,
-            "an item does not exist",
-            SagaOutcome::ItemNotFound(order_id),
-        )
-        .await;
-    }
-    // 3. Reserve every line at once; each answer arrives after its reservation is durable.
-    inner.set_step(order_id, Some("reserving"));
-    let results = reserve_all(inner, order_id, &request.lines).await;
-    if !results.iter().all(|r| matches!(r, Some(Ok(())))) {
-        let statuses: Vec<LineStatus> = results
-            .iter()
-            .map(|r| match r {
-                Some(Err(ReserveError::OutOfStock)) => LineStatus::OutOfStock,
-                Some(Err(ReserveError::ItemNotFound)) => LineStatus::ItemNotFound,
-                _ => LineStatus::Released,
-            })
-            .collect();
-        let unavailable = results.iter().find_map(|r| match r {
-            Some(Err(
-                e @ (ReserveError::Unavailable(_)
-                | ReserveError::Undetermined(_)
-                | ReserveError::Overloaded),
-            )) => Some(e.to_string()),
-            None => Some("a reservation task failed".to_owned()),
-            _ => None,
-        });
-        let (reason, outcome) = match unavailable {
-            Some(reason) => (reason.clone(), SagaOutcome::Failed(order_id, reason)),
-            None if statuses.contains(&LineStatus::ItemNotFound) => (
-                "an item does not exist".to_owned(),
-                SagaOutcome::ItemNotFound(order_id),
-            ),
-            None => (
-                "not enough stock".to_owned(),
-                SagaOutcome::OutOfStock(order_id),
-            ),
+            }),
+            Err(e) => SagaOutcome::Failed(e.to_string()),
         };
-        // Only items whose line may hold units get them back; a line refused by its item held
-        // nothing, and waking its actor would clear what it knows (the item is sold out).
-        let held: Vec<ItemId> = request
-            .lines
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| {
-                !matches!(
-                    r,
-                    Some(Err(ReserveError::OutOfStock | ReserveError::ItemNotFound))
-                )
-            })
-            .map(|(&(item, _), _)| item)
-            .collect();
-        return compensate(inner, order_id, &held, statuses, &reason, outcome).await;
+        // Nothing was written: the units are the owners' to sell again.
+        release_all(inner, order_id, holds).await;
+        return refused;
     }
-    // 4. Confirm: SUCCEEDED, reservations CONFIRMED and the outbox event in one transaction.
-    //    The coupon was taken atomically with the first write; every failure path gives it
-    //    back in the transaction that fails or cancels the order.
-    confirm(inner, order_id).await
 }
 
-/// Reserves every line concurrently, each retried within the saga's reserve deadline while
-/// its stock path says "unavailable, retry". `None`: the line's task itself failed.
-async fn reserve_all(
+/// Holds every line concurrently, each retried within the deadline while its stock path says
+/// "unavailable, retry". On any refusal the holds that were given go back and the refusal is
+/// returned (nothing was written).
+async fn hold_all(
     inner: &Arc<Inner>,
     order_id: i64,
     lines: &[(ItemId, Quantity)],
-) -> Vec<Option<Result<(), ReserveError>>> {
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Hold>, SagaOutcome> {
     let mut tasks = tokio::task::JoinSet::new();
     for (index, &(item, quantity)) in lines.iter().enumerate() {
         let inner = inner.clone();
         tasks.spawn(async move {
-            let deadline = tokio::time::Instant::now() + inner.reserve_deadline;
             let result = retry(
                 &inner.retry,
                 deadline,
                 |e: &ReserveError| matches!(e, ReserveError::Unavailable(_)),
                 |_| {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    inner.stock.reserve(item, order_id, quantity, left)
+                    inner.stock.hold(item, order_id, quantity, left)
                 },
             )
             .await;
             (index, result)
         });
     }
-    let mut results: Vec<Option<Result<(), ReserveError>>> = vec![None; lines.len()];
+    let mut results: Vec<Option<Result<Hold, ReserveError>>> = vec![None; lines.len()];
     while let Some(joined) = tasks.join_next().await {
         if let Ok((index, result)) = joined
             && let Some(slot) = results.get_mut(index)
@@ -281,75 +302,65 @@ async fn reserve_all(
             *slot = Some(result);
         }
     }
-    results
+    if results.iter().all(|r| matches!(r, Some(Ok(_)))) {
+        return Ok(results.into_iter().flatten().flatten().collect());
+    }
+    let statuses: Vec<LineStatus> = results
+        .iter()
+        .map(|r| match r {
+            Some(Err(ReserveError::OutOfStock)) => LineStatus::OutOfStock,
+            Some(Err(ReserveError::ItemNotFound)) => LineStatus::ItemNotFound,
+            _ => LineStatus::Released,
+        })
+        .collect();
+    let unavailable = results.iter().find_map(|r| match r {
+        Some(Err(
+            e @ (ReserveError::Unavailable(_)
+            | ReserveError::Undetermined(_)
+            | ReserveError::Overloaded),
+        )) => Some(e.to_string()),
+        None => Some("a hold task failed".to_owned()),
+        _ => None,
+    });
+    // A hold whose answer never came (Undetermined) may still sit in its actor: it is not
+    // released (an undersell, never an oversell); every hold that was given goes back.
+    let given: Vec<Hold> = results.into_iter().flatten().flatten().collect();
+    release_all(inner, order_id, given).await;
+    Err(match unavailable {
+        Some(reason) => SagaOutcome::Failed(reason),
+        None if statuses.contains(&LineStatus::ItemNotFound) => SagaOutcome::ItemNotFound(statuses),
+        None => SagaOutcome::OutOfStock(statuses),
+    })
 }
 
-/// The confirmation. It is idempotent (it only moves a PROCESSING order and HELD
-/// reservations), so a write whose commit is in doubt is simply made again; a repeat of one
-/// that did commit answers AlreadyFinal and the order is read back.
-async fn confirm(inner: &Arc<Inner>, order_id: i64) -> SagaOutcome {
-    inner.set_step(order_id, Some("confirming"));
-    let deadline = tokio::time::Instant::now() + inner.reserve_deadline;
-    let resolved = retry(
-        &inner.retry,
-        deadline,
-        |e: &PersistenceError| !matches!(e, PersistenceError::Closed),
-        |_| {
-            guarded(
-                inner,
-                inner.ledger.resolve(OrderResolution {
-                    order_id,
-                    line_statuses: Vec::new(),
-                    failure: None,
-                }),
-            )
-        },
-    )
-    .await;
-    match resolved {
-        Ok(ResolveOutcome::Succeeded) => {
-            inner.publish(order_id, OrderStatus::Succeeded);
-            SagaOutcome::Succeeded(order_id)
-        }
-        Ok(ResolveOutcome::Failed) => {
-            inner.publish(order_id, OrderStatus::Failed);
-            SagaOutcome::Failed(order_id, "a reservation expired".into())
-        }
-        Ok(ResolveOutcome::AlreadyFinal) => SagaOutcome::Replay(order_id),
-        // Still unknown whether it committed. If it did not, the sweeper fails the order (and
-        // releases its units) once it is stale; the client is told to look again.
-        Err(e) => SagaOutcome::Undetermined(order_id, e.to_string()),
+/// Gives back holds that no order took.
+async fn release_all(inner: &Inner, order_id: i64, holds: Vec<Hold>) {
+    for hold in holds {
+        inner.stock.release(order_id, hold).await;
     }
 }
 
-/// Fails the order, releasing what it holds and giving its coupon back, in one write. Not
-/// gated by the breaker: undoing must go through whenever the database takes it. `held`: the
-/// items whose units may come back (their actors are told).
-async fn compensate(
-    inner: &Arc<Inner>,
-    order_id: i64,
-    held: &[ItemId],
-    statuses: Vec<LineStatus>,
-    reason: &str,
-    outcome: SagaOutcome,
-) -> SagaOutcome {
-    inner.set_step(order_id, Some("compensating"));
-    let resolved = inner
-        .ledger
-        .resolve(OrderResolution {
-            order_id,
-            line_statuses: statuses,
-            failure: Some(reason.to_owned()),
-        })
-        .await;
-    match resolved {
-        Ok(_) => {
-            inner.publish(order_id, OrderStatus::Failed);
-            for item in held {
-                inner.stock.replenished(*item);
-            }
-            outcome
-        }
-        Err(e) => SagaOutcome::Failed(order_id, e.to_string()),
+/// The order as its one write stored it.
+fn as_written(order: NewOrder, at: i64) -> OrderRecord {
+    OrderRecord {
+        id: order.id,
+        user_id: order.user_id,
+        status: OrderStatus::Succeeded,
+        coupon_id: order.coupon_id,
+        total_price: order.total_price,
+        discount: order.discount,
+        failure_reason: None,
+        created_at: at,
+        updated_at: at,
+        lines: order
+            .lines
+            .into_iter()
+            .map(|l| OrderLineRecord {
+                item_id: l.item_id,
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+                status: LineStatus::Reserved,
+            })
+            .collect(),
     }
 }

@@ -10,28 +10,28 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use surge_domain::{ItemId, LineStatus, OrderStatus, Quantity};
+use surge_persistence::PersistenceError;
 use surge_persistence::committer::{CommitterConfig, GroupCommitter, WriterGuard};
-use surge_persistence::orders::{BeginOutcome, NewOrder, OrderResolution, ResolveOutcome};
+use surge_persistence::orders::{FailOutcome, NewOrder, PlaceOutcome};
 use surge_persistence::testing::ScratchDb;
-use surge_persistence::{PersistenceError, now_millis};
 use surge_supervisors::{CircuitBreaker, CircuitConfig};
 
-use super::{OrderLedger, OrderRequest, OrderSagas, SagaDeps, SagaOutcome, recovery};
+use super::{OrderLedger, OrderRequest, OrderSagas, SagaDeps, SagaOutcome};
 use crate::coupons::{CouponActors, CouponConfig, CouponStore};
-use crate::stock::path::PathFuture;
+use crate::stock::path::{Hold, PathFuture};
 use crate::stock::{ReserveError, StockActors, StockConfig, StockPath};
 
 /// Where the ledger fails.
 #[derive(Debug, Default)]
 struct LedgerFaults {
-    /// Recording the order fails (nothing written).
-    begin: AtomicU32,
-    /// Confirming answers "outcome unknown" without writing.
-    confirm: AtomicU32,
-    /// Compensating fails (nothing written).
-    compensate: AtomicU32,
-    /// Confirming panics: the saga actor itself dies with units held.
-    confirm_panics: AtomicU32,
+    /// The order's write fails before committing (nothing written).
+    fail: AtomicU32,
+    /// The order's write is not answered: its outcome is unknown (nothing written here).
+    unknown: AtomicU32,
+    /// The saga dies while writing.
+    panic: AtomicU32,
+    /// Writes seen.
+    writes: AtomicU32,
 }
 
 fn take(counter: &AtomicU32) -> bool {
@@ -47,34 +47,26 @@ struct FaultyLedger {
 }
 
 impl OrderLedger for FaultyLedger {
-    fn begin(&self, order: NewOrder) -> PathFuture<'_, Result<BeginOutcome, PersistenceError>> {
-        if take(&self.faults.begin) {
+    fn place(&self, order: NewOrder) -> PathFuture<'_, Result<PlaceOutcome, PersistenceError>> {
+        self.faults.writes.fetch_add(1, Ordering::AcqRel);
+        if take(&self.faults.panic) {
+            panic!("injected: the saga died while writing");
+        }
+        if take(&self.faults.fail) {
             return Box::pin(async { Err(PersistenceError::Batch("injected".into())) });
         }
-        self.real.begin(order)
+        if take(&self.faults.unknown) {
+            return Box::pin(async { Err(PersistenceError::Unknown("injected".into())) });
+        }
+        OrderLedger::place(&self.real, order)
     }
 
-    fn resolve(
+    fn fail(
         &self,
-        resolution: OrderResolution,
-    ) -> PathFuture<'_, Result<ResolveOutcome, PersistenceError>> {
-        if resolution.failure.is_none() && take(&self.faults.confirm_panics) {
-            panic!("injected: the saga died while confirming");
-        }
-        let counter = if resolution.failure.is_none() {
-            &self.faults.confirm
-        } else {
-            &self.faults.compensate
-        };
-        if take(counter) {
-            let err = if resolution.failure.is_none() {
-                PersistenceError::Unknown("injected".into())
-            } else {
-                PersistenceError::Batch("injected".into())
-            };
-            return Box::pin(async move { Err(err) });
-        }
-        OrderLedger::resolve(&self.real, resolution)
+        order_id: i64,
+        reason: String,
+    ) -> PathFuture<'_, Result<FailOutcome, PersistenceError>> {
+        OrderLedger::fail(&self.real, order_id, reason)
     }
 }
 
@@ -82,10 +74,12 @@ impl OrderLedger for FaultyLedger {
 #[derive(Debug)]
 struct FaultyStock {
     real: StockActors,
-    /// The item whose reservation misbehaves.
+    /// The item whose hold misbehaves.
     item: AtomicU32,
-    /// 1: answers "outcome unknown" after really reserving; 2: panics.
+    /// 1: answers "outcome unknown" after really holding; 2: panics.
     mode: AtomicU32,
+    /// Holds asked for.
+    holds: AtomicU32,
 }
 
 impl StockPath for FaultyStock {
@@ -93,23 +87,32 @@ impl StockPath for FaultyStock {
         self.real.price_of(item)
     }
 
-    fn reserve(
+    fn hold(
         &self,
         item: ItemId,
         order_id: i64,
         quantity: Quantity,
         within: Duration,
-    ) -> PathFuture<'_, Result<(), ReserveError>> {
+    ) -> PathFuture<'_, Result<Hold, ReserveError>> {
+        self.holds.fetch_add(1, Ordering::AcqRel);
         let hit = i64::from(self.item.load(Ordering::Acquire)) == item.get();
         let mode = self.mode.load(Ordering::Acquire);
         Box::pin(async move {
-            let real = self.real.reserve(item, order_id, quantity, within).await;
+            let real = self.real.hold(item, order_id, quantity, within).await;
             match (hit, mode) {
                 (true, 1) => real.and(Err(ReserveError::Undetermined("injected".into()))),
                 (true, 2) => panic!("injected: the stock path blew up"),
                 _ => real,
             }
         })
+    }
+
+    fn release(&self, order_id: i64, hold: Hold) -> PathFuture<'_, ()> {
+        self.real.release(order_id, hold)
+    }
+
+    fn lost(&self, hold: Hold) {
+        self.real.lost(hold);
     }
 
     fn known_sold_out(&self, item: ItemId) -> bool {
@@ -124,9 +127,8 @@ impl StockPath for FaultyStock {
 struct World {
     scratch: ScratchDb,
     sagas: OrderSagas,
-    ledger_faults: Arc<LedgerFaults>,
+    ledger: Arc<LedgerFaults>,
     stock: Arc<FaultyStock>,
-    committer: GroupCommitter,
     user: i64,
     a: i64,
     b: i64,
@@ -140,17 +142,14 @@ async fn world() -> World {
     let b = scratch.item(250, 3).await.unwrap();
     let (committer, _, writer) =
         GroupCommitter::start(scratch.db.clone(), CommitterConfig::default());
-    let actors = StockActors::start(
-        scratch.db.clone(),
-        committer.clone(),
-        StockConfig::default(),
-    )
-    .await
-    .unwrap();
+    let actors = StockActors::start(scratch.db.clone(), StockConfig::default())
+        .await
+        .unwrap();
     let stock = Arc::new(FaultyStock {
         real: actors,
         item: AtomicU32::new(0),
         mode: AtomicU32::new(0),
+        holds: AtomicU32::new(0),
     });
     let coupons = CouponActors::start(
         scratch.db.clone(),
@@ -160,12 +159,12 @@ async fn world() -> World {
     )
     .await
     .unwrap();
-    let ledger_faults = Arc::new(LedgerFaults::default());
+    let ledger = Arc::new(LedgerFaults::default());
     let sagas = OrderSagas::start(SagaDeps {
         db: scratch.db.clone(),
         ledger: Arc::new(FaultyLedger {
-            real: committer.clone(),
-            faults: ledger_faults.clone(),
+            real: committer,
+            faults: ledger.clone(),
         }),
         stock: stock.clone(),
         coupons,
@@ -177,9 +176,8 @@ async fn world() -> World {
     World {
         scratch,
         sagas,
-        ledger_faults,
+        ledger,
         stock,
-        committer,
         user,
         a,
         b,
@@ -188,8 +186,8 @@ async fn world() -> World {
 }
 
 impl World {
-    async fn place(&self, lines: &[(i64, i64)]) -> (i64, SagaOutcome) {
-        let request = OrderRequest {
+    fn request(&self, lines: &[(i64, i64)]) -> OrderRequest {
+        OrderRequest {
             user_id: self.user,
             lines: lines
                 .iter()
@@ -197,8 +195,11 @@ impl World {
                 .collect(),
             coupon_id: None,
             idempotency: None,
-        };
-        let (order_id, rx) = self.sagas.start_order(request).await.unwrap();
+        }
+    }
+
+    async fn place(&self, lines: &[(i64, i64)]) -> (i64, SagaOutcome) {
+        let (order_id, rx) = self.sagas.start_order(self.request(lines)).await.unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(10), rx)
             .await
             .map(Result::ok)
@@ -206,28 +207,41 @@ impl World {
             .flatten();
         (
             order_id,
-            outcome.unwrap_or(SagaOutcome::Failed(order_id, "no answer".into())),
+            outcome.unwrap_or(SagaOutcome::Failed("no answer".into())),
         )
     }
 
-    async fn status(&self, order_id: i64) -> Option<OrderStatus> {
-        self.scratch
-            .db
-            .order_by_id(order_id)
-            .await
-            .unwrap()
-            .map(|o| o.status)
+    async fn orders(&self) -> i64 {
+        self.scratch.count("orders").await.unwrap()
     }
 
-    /// Every unit of both items is where it should be: none held, `sold` confirmed.
-    async fn assert_units(&self, item: i64, stocked: i64, confirmed: i64) {
-        let (available, allotted, held, sold) = self.scratch.units(item).await.unwrap();
+    /// Every unit of the item is accounted for, and `sold` of them are sold.
+    async fn assert_units(&self, item: i64, stocked: i64, sold: i64) {
+        let (available, allotted, held, confirmed) = self.scratch.units(item).await.unwrap();
         assert_eq!(held, 0, "item {item}: units still held");
-        assert_eq!(sold, confirmed, "item {item}: units sold");
+        assert_eq!(confirmed, sold, "item {item}: units sold");
         assert_eq!(
-            available + allotted + held + sold,
+            available + allotted + confirmed,
             stocked,
             "item {item}: units lost"
+        );
+    }
+
+    /// The item's actor will give `n` units (its holds came back).
+    async fn assert_can_hold(&self, item: i64, n: i64) {
+        let hold = self
+            .stock
+            .real
+            .hold(
+                ItemId::from_db(item),
+                0,
+                Quantity::parse(n).unwrap(),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(
+            hold.is_ok(),
+            "item {item}: {n} units are not for sale: {hold:?}"
         );
     }
 }
@@ -244,11 +258,20 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 }
 
 #[tokio::test]
-async fn every_line_reserved_and_confirmed_in_one_order() {
+async fn an_order_is_written_once_with_every_line_sold() {
     let w = world().await;
     let (order, outcome) = w.place(&[(w.a, 2), (w.b, 3)]).await;
-    assert_eq!(outcome, SagaOutcome::Succeeded(order));
+    let SagaOutcome::Succeeded(answered) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        w.ledger.writes.load(Ordering::Acquire),
+        1,
+        "one write per order"
+    );
+    // The answer is what was written.
     let stored = w.scratch.db.order_by_id(order).await.unwrap().unwrap();
+    assert_eq!(answered, stored);
     assert_eq!(stored.status, OrderStatus::Succeeded);
     assert!(
         stored
@@ -262,132 +285,159 @@ async fn every_line_reserved_and_confirmed_in_one_order() {
 }
 
 #[tokio::test]
-async fn a_line_out_of_stock_releases_the_lines_that_were_held() {
+async fn a_line_out_of_stock_writes_nothing_and_gives_the_other_holds_back() {
     let w = world().await;
-    let (order, outcome) = w.place(&[(w.a, 2), (w.b, 4)]).await;
-    assert_eq!(outcome, SagaOutcome::OutOfStock(order));
-    let stored = w.scratch.db.order_by_id(order).await.unwrap().unwrap();
-    assert_eq!(stored.status, OrderStatus::Failed);
-    assert_eq!(stored.lines[1].status, LineStatus::OutOfStock);
-    assert_eq!(stored.lines[0].status, LineStatus::Released);
-    w.assert_units(w.a, 10, 0).await;
-    w.assert_units(w.b, 3, 0).await;
-}
-
-#[tokio::test]
-async fn a_failed_first_write_leaves_nothing_and_reserves_nothing() {
-    let w = world().await;
-    w.ledger_faults.begin.store(1, Ordering::Release);
-    let (order, outcome) = w.place(&[(w.a, 1)]).await;
-    assert!(
-        matches!(outcome, SagaOutcome::Failed(id, _) if id == order),
-        "{outcome:?}"
+    let (_, outcome) = w.place(&[(w.a, 8), (w.b, 4)]).await;
+    assert_eq!(
+        outcome,
+        SagaOutcome::OutOfStock(vec![LineStatus::Released, LineStatus::OutOfStock])
     );
-    assert_eq!(w.status(order).await, None);
-    assert_eq!(w.scratch.count("reservations").await.unwrap(), 0);
+    assert_eq!(w.orders().await, 0);
+    assert_eq!(w.ledger.writes.load(Ordering::Acquire), 0);
     w.assert_units(w.a, 10, 0).await;
+    w.assert_can_hold(w.a, 10).await;
 }
 
 #[tokio::test]
-async fn an_undetermined_reservation_is_compensated_with_the_rest() {
+async fn an_unknown_item_writes_nothing_and_holds_nothing() {
     let w = world().await;
-    // Line b's reservation really commits, but the saga hears "outcome unknown".
-    w.stock
-        .item
-        .store(u32::try_from(w.b).unwrap(), Ordering::Release);
-    w.stock.mode.store(1, Ordering::Release);
-    let (order, outcome) = w.place(&[(w.a, 1), (w.b, 1)]).await;
-    assert!(
-        matches!(outcome, SagaOutcome::Failed(id, _) if id == order),
-        "{outcome:?}"
+    let (_, outcome) = w.place(&[(w.a, 1), (999, 1)]).await;
+    assert_eq!(
+        outcome,
+        SagaOutcome::ItemNotFound(vec![LineStatus::Released, LineStatus::ItemNotFound])
     );
-    assert_eq!(w.status(order).await, Some(OrderStatus::Failed));
-    // Both the line it knew of and the one whose outcome was unknown are released.
-    w.assert_units(w.a, 10, 0).await;
-    w.assert_units(w.b, 3, 0).await;
+    assert_eq!(w.orders().await, 0);
+    assert_eq!(w.stock.holds.load(Ordering::Acquire), 0);
 }
 
 #[tokio::test]
-async fn a_confirmation_in_doubt_is_retried_and_succeeds_once() {
+async fn a_known_sold_out_item_is_refused_from_memory() {
     let w = world().await;
-    w.ledger_faults.confirm.store(2, Ordering::Release);
-    let (order, outcome) = w.place(&[(w.a, 3)]).await;
-    assert_eq!(outcome, SagaOutcome::Succeeded(order));
-    w.assert_units(w.a, 10, 3).await;
+    let (_, first) = w.place(&[(w.b, 3)]).await;
+    assert!(matches!(first, SagaOutcome::Succeeded(_)), "{first:?}");
+    // The next one finds the row empty and the actor learns the item is sold out.
+    let (_, second) = w.place(&[(w.b, 1)]).await;
+    assert_eq!(
+        second,
+        SagaOutcome::OutOfStock(vec![LineStatus::OutOfStock])
+    );
+    let holds_before = w.stock.holds.load(Ordering::Acquire);
+    let writes_before = w.ledger.writes.load(Ordering::Acquire);
+    let (_, third) = w.place(&[(w.a, 1), (w.b, 1)]).await;
+    assert_eq!(
+        third,
+        SagaOutcome::OutOfStock(vec![LineStatus::Released, LineStatus::OutOfStock])
+    );
+    assert_eq!(
+        w.stock.holds.load(Ordering::Acquire),
+        holds_before,
+        "no hold asked"
+    );
+    assert_eq!(
+        w.ledger.writes.load(Ordering::Acquire),
+        writes_before,
+        "nothing written"
+    );
+    assert_eq!(w.orders().await, 1);
 }
 
 #[tokio::test]
-async fn a_confirmation_that_never_answers_is_undetermined_and_the_sweeper_settles_it() {
+async fn a_write_that_fails_before_committing_gives_every_hold_back() {
     let w = world().await;
-    w.ledger_faults.confirm.store(u32::MAX, Ordering::Release);
-    let (order, outcome) = w.place(&[(w.a, 3)]).await;
+    w.ledger.fail.store(1, Ordering::Release);
+    let (_, outcome) = w.place(&[(w.a, 4), (w.b, 3)]).await;
+    assert!(matches!(outcome, SagaOutcome::Failed(_)), "{outcome:?}");
+    assert_eq!(w.orders().await, 0);
+    w.assert_can_hold(w.a, 10).await;
+    w.assert_can_hold(w.b, 3).await;
+}
+
+#[tokio::test]
+async fn a_write_whose_outcome_is_unknown_keeps_its_holds() {
+    let w = world().await;
+    w.ledger.unknown.store(1, Ordering::Release);
+    let (order, outcome) = w.place(&[(w.b, 2)]).await;
     assert!(
         matches!(outcome, SagaOutcome::Undetermined(id, _) if id == order),
         "{outcome:?}"
     );
-    // Never "given back blindly": the order is still PROCESSING with its units held.
-    assert_eq!(w.status(order).await, Some(OrderStatus::Processing));
-    assert_eq!(w.scratch.units(w.a).await.unwrap().2, 3);
-    // The sweeper fails orders that can no longer succeed and releases what they hold.
-    w.committer.release_expired(now_millis() + 1).await.unwrap();
-    assert_eq!(w.status(order).await, Some(OrderStatus::Failed));
-    w.assert_units(w.a, 10, 0).await;
-}
-
-#[tokio::test]
-async fn a_compensation_that_fails_is_finished_by_recovery() {
-    let w = world().await;
-    w.ledger_faults.compensate.store(1, Ordering::Release);
-    let (order, outcome) = w.place(&[(w.a, 2), (w.b, 9)]).await;
-    assert!(
-        matches!(outcome, SagaOutcome::Failed(id, _) if id == order),
-        "{outcome:?}"
-    );
-    assert_eq!(w.status(order).await, Some(OrderStatus::Processing));
-    // The next start compensates what the previous process left half done.
-    let recovered = recovery::recover(&w.scratch.db, &w.committer)
-        .await
-        .unwrap();
-    assert_eq!(recovered, 1);
-    assert_eq!(w.status(order).await, Some(OrderStatus::Failed));
-    w.assert_units(w.a, 10, 0).await;
+    // Never "given back blindly": the 2 units stay out of sale (an undersell), so only 1 of
+    // the 3 can still be held, and the database still counts all 3.
+    w.assert_can_hold(w.b, 1).await;
+    let hold = w
+        .stock
+        .real
+        .hold(
+            ItemId::from_db(w.b),
+            0,
+            Quantity::parse(1).unwrap(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(hold, Err(ReserveError::OutOfStock));
     w.assert_units(w.b, 3, 0).await;
 }
 
 #[tokio::test]
-async fn a_reservation_task_that_panics_fails_the_order_and_releases_the_rest() {
+async fn a_hold_refused_for_a_stale_epoch_is_held_again_from_the_new_owner() {
+    let w = world().await;
+    // Warm the item's actor (epoch 1), then let another owner take the item over (epoch 2).
+    let (_, first) = w.place(&[(w.a, 1)]).await;
+    assert!(matches!(first, SagaOutcome::Succeeded(_)), "{first:?}");
+    w.scratch
+        .db
+        .claim_allotment(w.a, "another-node")
+        .await
+        .unwrap()
+        .unwrap();
+    // Our actor still sells under epoch 1: the write refuses that hold, the actor stops, and
+    // the saga holds again from a fresh actor (epoch 3) and writes once more.
+    let (order, outcome) = w.place(&[(w.a, 2)]).await;
+    assert!(matches!(outcome, SagaOutcome::Succeeded(_)), "{outcome:?}");
+    assert_eq!(w.ledger.writes.load(Ordering::Acquire), 3);
+    assert!(w.scratch.db.order_by_id(order).await.unwrap().is_some());
+    w.assert_units(w.a, 10, 3).await;
+}
+
+#[tokio::test]
+async fn an_undetermined_hold_refuses_the_order_and_writes_nothing() {
+    let w = world().await;
+    w.stock
+        .item
+        .store(u32::try_from(w.b).unwrap(), Ordering::Release);
+    w.stock.mode.store(1, Ordering::Release);
+    let (_, outcome) = w.place(&[(w.a, 1), (w.b, 1)]).await;
+    assert!(matches!(outcome, SagaOutcome::Failed(_)), "{outcome:?}");
+    assert_eq!(w.orders().await, 0);
+    // The line it knew of comes back; the one whose answer was lost stays out (undersell).
+    w.assert_can_hold(w.a, 10).await;
+    w.assert_units(w.b, 3, 0).await;
+}
+
+#[tokio::test]
+async fn a_hold_task_that_panics_refuses_the_order_and_releases_the_rest() {
     let w = world().await;
     w.stock
         .item
         .store(u32::try_from(w.b).unwrap(), Ordering::Release);
     w.stock.mode.store(2, Ordering::Release);
-    let (order, outcome) = w.place(&[(w.a, 2), (w.b, 1)]).await;
-    assert!(
-        matches!(outcome, SagaOutcome::Failed(id, _) if id == order),
-        "{outcome:?}"
-    );
-    assert_eq!(w.status(order).await, Some(OrderStatus::Failed));
-    w.assert_units(w.a, 10, 0).await;
-    w.assert_units(w.b, 3, 0).await;
+    let (_, outcome) = w.place(&[(w.a, 2), (w.b, 1)]).await;
+    assert!(matches!(outcome, SagaOutcome::Failed(_)), "{outcome:?}");
+    assert_eq!(w.orders().await, 0);
+    w.assert_can_hold(w.a, 10).await;
 }
 
 #[tokio::test]
-async fn a_saga_that_dies_holding_units_is_compensated_by_its_supervisor() {
+async fn a_saga_that_dies_while_writing_leaves_nothing_half_done() {
     let w = world().await;
-    w.ledger_faults.confirm_panics.store(1, Ordering::Release);
-    let request = OrderRequest {
-        user_id: w.user,
-        lines: vec![(ItemId::from_db(w.a), Quantity::parse(2).unwrap())],
-        coupon_id: None,
-        idempotency: None,
-    };
-    let (order, rx) = w.sagas.start_order(request).await.unwrap();
+    w.ledger.panic.store(1, Ordering::Release);
+    let (order, rx) = w.sagas.start_order(w.request(&[(w.a, 2)])).await.unwrap();
     // The saga dies before answering: its caller hears nothing (and would answer 202).
     assert!(rx.await.is_err());
-    eventually("the supervisor compensates the order", || async {
-        w.status(order).await == Some(OrderStatus::Failed)
+    eventually("the supervisor records it", || async {
+        w.sagas.views().is_empty()
     })
     .await;
+    assert!(w.scratch.db.order_by_id(order).await.unwrap().is_none());
     w.assert_units(w.a, 10, 0).await;
-    assert_eq!(w.sagas.views().len(), 0);
 }

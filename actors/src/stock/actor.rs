@@ -1,19 +1,21 @@
-//! The stock actor of one item: sells from its checked-out allotment in memory and hands its
-//! reservations to the group committer in batches (one batch in flight; the next fills
-//! meanwhile). A batch fenced by a newer epoch stops the actor: another owner took the item.
+//! The stock actor of one item: sells from its checked-out allotment in memory, one message at a
+//! time. A sale is a **hold**: units taken from the allotment in memory, tagged with the
+//! actor's epoch. The order that got the hold takes the units durably in its own write (one
+//! group-committed transaction per order: the allotment row decremented under that epoch, the
+//! order, its lines and its event). A hold the order did not take comes back with `Release`; a
+//! hold whose epoch was refused by the database means another owner took the item over: the
+//! actor stops (`Lost`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use surge_persistence::committer::GroupCommitter;
-use surge_persistence::stock::{ReserveBatch, ReserveOutcome};
 use surge_persistence::{Database, PersistenceError, now_millis};
 
 use super::registry::RegistryCell;
 use super::{ReserveError, StockConfig};
 
-/// Counters an actor shares with the admin endpoint.
+/// Counters an actor shares with the admin endpoint and with sagas.
 #[derive(Debug, Default)]
 pub struct StockStats {
     /// The item is known sold out (allotment empty, row seen empty, nothing came back since):
@@ -24,30 +26,38 @@ pub struct StockStats {
     /// actor's next wake-up (a release it hears of, or its background re-check).
     pub(super) sold_out: AtomicBool,
     pub(super) allotment: AtomicI64,
-    pub(super) pending: AtomicUsize,
-    pub(super) last_flush_at: AtomicI64,
-    pub(super) last_batch: AtomicUsize,
-    pub(super) flushes: AtomicU64,
+    /// Holds given since the actor started.
+    pub(super) holds: AtomicU64,
+    /// Unix ms of the last check-out from the item row.
+    pub(super) last_check_out_at: AtomicI64,
+    /// Units moved by the last check-out.
+    pub(super) last_check_out: AtomicUsize,
 }
 
 /// Messages of a stock actor.
 #[derive(Debug)]
 pub enum StockMsg {
-    /// Hold `quantity` units for `order_id`; answered after the hold is durable.
-    Reserve {
-        /// Order.
-        order_id: i64,
+    /// Hold `quantity` units for an order; answered with the actor's epoch, which the order's
+    /// write names when it takes the units.
+    Hold {
         /// Units.
         quantity: i64,
-        /// Answer.
-        reply: RpcReplyPort<Result<(), ReserveError>>,
+        /// Answer: the epoch.
+        reply: RpcReplyPort<Result<i64, ReserveError>>,
     },
-    /// A batch's commit finished.
-    Flushed {
-        /// The batch.
-        batch: Vec<Pending>,
-        /// The committer's answer.
-        result: Result<ReserveOutcome, PersistenceError>,
+    /// A hold its order did not take (refused, or its write failed before committing): the
+    /// units are this actor's to sell again.
+    Release {
+        /// Units.
+        quantity: i64,
+        /// The epoch the hold was given under (a hold of an earlier incarnation is ignored:
+        /// its units were reclaimed with the takeover).
+        epoch: i64,
+    },
+    /// The database refused a hold of this epoch: another owner took the item over.
+    Lost {
+        /// The refused epoch.
+        epoch: i64,
     },
     /// Units went back to the item row: look again before refusing.
     Replenished,
@@ -57,25 +67,16 @@ pub enum StockMsg {
     RowSeen(i64),
     /// Passivate if idle.
     IdleCheck,
-    /// Flush, give the allotment back and stop (graceful shutdown).
+    /// Give the allotment back and stop (graceful shutdown).
     Drain(RpcReplyPort<()>),
-}
-
-/// A reservation waiting for its batch to commit.
-#[derive(Debug)]
-pub struct Pending {
-    pub(super) order_id: i64,
-    pub(super) quantity: i64,
-    pub(super) reply: RpcReplyPort<Result<(), ReserveError>>,
 }
 
 /// The actor.
 #[derive(Debug)]
 pub struct StockActor {
     pub(super) db: Database,
-    pub(super) committer: GroupCommitter,
     pub(super) config: StockConfig,
-    /// The registry that started this actor, to leave it when fenced or passivated.
+    /// The registry that started this actor, to leave it when passivated or fenced.
     pub(super) registry: RegistryCell,
 }
 
@@ -90,52 +91,29 @@ pub struct StockArgs {
 /// The actor's state.
 #[derive(Debug)]
 pub struct StockState {
-    pub(super) item_id: i64,
-    pub(super) epoch: i64,
+    item_id: i64,
+    epoch: i64,
     /// Units checked out and not promised to anyone: the only units this actor may sell.
-    pub(super) allotment: i64,
-    /// Reservations waiting for the next batch.
-    pub(super) pending: Vec<Pending>,
+    allotment: i64,
     /// The item row was seen empty and nothing is known to have come back since: a request
     /// the allotment cannot cover is refused from memory, with no database trip and no write.
-    pub(super) row_empty: bool,
+    row_empty: bool,
     /// A background re-check's read is in flight (at most one).
-    pub(super) rechecking: bool,
-    /// Whether a batch is being committed. One at a time per item keeps the allotment
-    /// arithmetic simple; the next batch fills meanwhile.
-    pub(super) flushing: bool,
-    pub(super) last_activity: tokio::time::Instant,
-    pub(super) draining: Option<RpcReplyPort<()>>,
-    pub(super) stats: Arc<StockStats>,
+    rechecking: bool,
+    last_activity: tokio::time::Instant,
+    stats: Arc<StockStats>,
+}
+
+/// Why a check-out moved nothing.
+enum CheckOutError {
+    /// The allotment row carries a newer epoch: another owner has the item.
+    Fenced,
+    /// The database failed; nothing moved.
+    Failed(String),
 }
 
 impl StockActor {
-    fn start_flush(&self, myself: &ActorRef<StockMsg>, state: &mut StockState) {
-        if state.flushing || state.pending.is_empty() {
-            return;
-        }
-        state.flushing = true;
-        let batch = std::mem::take(&mut state.pending);
-        let write = ReserveBatch {
-            item_id: state.item_id,
-            epoch: state.epoch,
-            deadline_at: now_millis()
-                + i64::try_from(self.config.reservation_ttl.as_millis()).unwrap_or(i64::MAX),
-            reservations: batch.iter().map(|p| (p.order_id, p.quantity)).collect(),
-        };
-        state.stats.last_batch.store(batch.len(), Ordering::Relaxed);
-        state.stats.pending.store(0, Ordering::Relaxed);
-        let committer = self.committer.clone();
-        let me = myself.clone();
-        tokio::spawn(async move {
-            let result = committer.reserve(write).await;
-            if let Err(e) = me.cast(StockMsg::Flushed { batch, result }) {
-                tracing::warn!(error = %e, "stock actor stopped before its batch committed");
-            }
-        });
-    }
-
-    async fn check_out(&self, state: &mut StockState, need: i64) -> Result<(), ReserveError> {
+    async fn check_out(&self, state: &mut StockState, need: i64) -> Result<(), CheckOutError> {
         let want = need.max(self.config.allotment_chunk);
         match self
             .db
@@ -145,13 +123,49 @@ impl StockActor {
             Ok((moved, left)) => {
                 state.allotment += moved;
                 state.row_empty = left == 0;
+                state
+                    .stats
+                    .last_check_out_at
+                    .store(now_millis(), Ordering::Relaxed);
+                state
+                    .stats
+                    .last_check_out
+                    .store(usize::try_from(moved).unwrap_or(0), Ordering::Relaxed);
                 Ok(())
             }
-            Err(PersistenceError::Conflict) => Err(ReserveError::Unavailable(
-                "this node no longer owns the item".into(),
-            )),
-            Err(e) => Err(ReserveError::Unavailable(e.to_string())),
+            Err(PersistenceError::Conflict) => Err(CheckOutError::Fenced),
+            Err(e) => Err(CheckOutError::Failed(e.to_string())),
         }
+    }
+
+    /// Shares the allotment and "sold out" (nothing allotted, row seen empty) with the sagas
+    /// and the admin page.
+    fn publish(state: &StockState) {
+        state
+            .stats
+            .allotment
+            .store(state.allotment, Ordering::Relaxed);
+        state
+            .stats
+            .sold_out
+            .store(state.row_empty && state.allotment == 0, Ordering::Relaxed);
+    }
+
+    async fn give_back(&self, state: &mut StockState) {
+        match self.db.return_allotment(state.item_id, state.epoch).await {
+            Ok(_) => state.allotment = 0,
+            Err(e) => tracing::warn!(item = state.item_id, error = %e,
+                "could not return the allotment; the next owner reclaims it"),
+        }
+        Self::publish(state);
+    }
+
+    /// Leaves the registry and stops: another owner has the item.
+    fn fenced(&self, myself: &ActorRef<StockMsg>, state: &StockState) {
+        if let Some(registry) = self.registry.get() {
+            registry.forget(state.item_id, myself.get_id());
+        }
+        myself.stop(Some("fenced".into()));
     }
 }
 
@@ -171,12 +185,9 @@ impl Actor for StockActor {
             item_id: args.item_id,
             epoch: args.epoch,
             allotment: 0,
-            pending: Vec::new(),
             row_empty: false,
             rechecking: false,
-            flushing: false,
             last_activity: tokio::time::Instant::now(),
-            draining: None,
             stats: args.stats,
         })
     }
@@ -188,105 +199,49 @@ impl Actor for StockActor {
         state: &mut StockState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            StockMsg::Reserve {
-                order_id,
-                quantity,
-                reply,
-            } => {
+            StockMsg::Hold { quantity, reply } => {
                 state.last_activity = tokio::time::Instant::now();
-                if state.draining.is_some() {
-                    let _ = reply.send(Err(ReserveError::Unavailable("shutting down".into())));
-                    return Ok(());
-                }
                 // Check units out only while the row may still have some: a row seen empty is
                 // not asked again until something says units came back.
-                if state.allotment < quantity
-                    && !state.row_empty
-                    && let Err(e) = self.check_out(state, quantity - state.allotment).await
-                {
-                    let _ = reply.send(Err(e));
-                    return Ok(());
+                if state.allotment < quantity && !state.row_empty {
+                    match self.check_out(state, quantity - state.allotment).await {
+                        Ok(()) => {}
+                        Err(CheckOutError::Fenced) => {
+                            let _ = reply.send(Err(ReserveError::Unavailable(
+                                "this node no longer owns the item".into(),
+                            )));
+                            self.fenced(&myself, state);
+                            return Ok(());
+                        }
+                        Err(CheckOutError::Failed(cause)) => {
+                            let _ = reply.send(Err(ReserveError::Unavailable(cause)));
+                            return Ok(());
+                        }
+                    }
                 }
                 if state.allotment < quantity {
                     let _ = reply.send(Err(ReserveError::OutOfStock));
                 } else {
                     state.allotment -= quantity;
-                    state.pending.push(Pending {
-                        order_id,
-                        quantity,
-                        reply,
-                    });
-                    state
-                        .stats
-                        .pending
-                        .store(state.pending.len(), Ordering::Relaxed);
-                    self.start_flush(&myself, state);
+                    state.stats.holds.fetch_add(1, Ordering::Relaxed);
+                    let _ = reply.send(Ok(state.epoch));
                 }
-                state
-                    .stats
-                    .allotment
-                    .store(state.allotment, Ordering::Relaxed);
-                Self::publish_sold_out(state);
+                Self::publish(state);
             }
-            StockMsg::Flushed { batch, result } => {
-                state.flushing = false;
-                state
-                    .stats
-                    .last_flush_at
-                    .store(now_millis(), Ordering::Relaxed);
-                state.stats.flushes.fetch_add(1, Ordering::Relaxed);
-                match result {
-                    Ok(ReserveOutcome::Written) => {
-                        for p in batch {
-                            let _ = p.reply.send(Ok(()));
-                        }
-                    }
-                    Ok(ReserveOutcome::Fenced) => {
-                        for p in batch {
-                            let _ = p.reply.send(Err(ReserveError::Unavailable(
-                                "this node no longer owns the item".into(),
-                            )));
-                        }
-                        if let Some(registry) = self.registry.get() {
-                            registry.forget(state.item_id, myself.get_id());
-                        }
-                        myself.stop(Some("fenced".into()));
-                        return Ok(());
-                    }
-                    Err(PersistenceError::Unknown(cause)) => {
-                        // The batch may be durable: its units must not be sold again. They stay
-                        // out of the allotment; if the commit did not land, the allotment row
-                        // still counts them and they come back when it is given back or
-                        // reclaimed (an undersell until then, never an oversell).
-                        for p in batch {
-                            let _ = p.reply.send(Err(ReserveError::Undetermined(cause.clone())));
-                        }
-                    }
-                    Err(e) => {
-                        // Nothing was written: the units are still ours to sell.
-                        state.allotment += batch.iter().map(|p| p.quantity).sum::<i64>();
-                        Self::publish_sold_out(state);
-                        for p in batch {
-                            let _ = p.reply.send(Err(ReserveError::Unavailable(e.to_string())));
-                        }
-                    }
+            StockMsg::Release { quantity, epoch } => {
+                if epoch == state.epoch {
+                    state.allotment += quantity;
+                    Self::publish(state);
                 }
-                state
-                    .stats
-                    .allotment
-                    .store(state.allotment, Ordering::Relaxed);
-                self.start_flush(&myself, state);
-                if !state.flushing
-                    && let Some(reply) = state.draining.take()
-                {
-                    self.give_back(state).await;
-                    let _ = reply.send(());
-                    myself.stop(Some("drained".into()));
+            }
+            StockMsg::Lost { epoch } => {
+                if epoch == state.epoch {
+                    self.fenced(&myself, state);
                 }
             }
             StockMsg::Replenished => {
                 state.row_empty = false;
-                Self::publish_sold_out(state);
+                Self::publish(state);
             }
             StockMsg::Recheck => {
                 // Units can come back without this node hearing of it (the sweeper releases
@@ -313,14 +268,12 @@ impl Actor for StockActor {
                 state.rechecking = false;
                 if available > 0 {
                     state.row_empty = false;
-                    Self::publish_sold_out(state);
+                    Self::publish(state);
                 }
             }
             StockMsg::IdleCheck => {
                 let idle = state.last_activity.elapsed() >= self.config.passivate_after;
                 if idle
-                    && !state.flushing
-                    && state.pending.is_empty()
                     && self
                         .registry
                         .get()
@@ -331,38 +284,11 @@ impl Actor for StockActor {
                 }
             }
             StockMsg::Drain(reply) => {
-                self.start_flush(&myself, state);
-                if state.flushing {
-                    state.draining = Some(reply);
-                } else {
-                    self.give_back(state).await;
-                    let _ = reply.send(());
-                    myself.stop(Some("drained".into()));
-                }
+                self.give_back(state).await;
+                let _ = reply.send(());
+                myself.stop(Some("drained".into()));
             }
         }
         Ok(())
-    }
-}
-
-impl StockActor {
-    /// Shares "sold out" (nothing allotted, row seen empty) with the sagas.
-    fn publish_sold_out(state: &StockState) {
-        state
-            .stats
-            .sold_out
-            .store(state.row_empty && state.allotment == 0, Ordering::Relaxed);
-    }
-
-    async fn give_back(&self, state: &mut StockState) {
-        match self.db.return_allotment(state.item_id, state.epoch).await {
-            Ok(_) => state.allotment = 0,
-            Err(e) => tracing::warn!(item = state.item_id, error = %e,
-                "could not return the allotment; the next owner reclaims it"),
-        }
-        state
-            .stats
-            .allotment
-            .store(state.allotment, Ordering::Relaxed);
     }
 }

@@ -10,7 +10,9 @@ use surge_persistence::comparison::{BaselineReserve, CounterTake, RedisStock, Ro
 use surge_persistence::{Database, now_millis};
 
 use super::ReserveError;
-use super::path::{PathFuture, StockPath};
+use surge_persistence::orders::HoldSource;
+
+use super::path::{Hold, PathFuture, StockPath};
 
 /// How order lines take stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,13 +149,33 @@ impl StockPath for BaselineStock {
         Box::pin(self.price(item.get()))
     }
 
-    fn reserve(
+    fn hold(
         &self,
         item: ItemId,
         order_id: i64,
         quantity: Quantity,
         _within: Duration,
-    ) -> PathFuture<'_, Result<(), ReserveError>> {
-        Box::pin(self.take(item.get(), order_id, quantity.get()))
+    ) -> PathFuture<'_, Result<Hold, ReserveError>> {
+        Box::pin(async move {
+            self.take(item.get(), order_id, quantity.get()).await?;
+            Ok(Hold {
+                item,
+                quantity,
+                source: HoldSource::Reservation,
+            })
+        })
+    }
+
+    fn release(&self, order_id: i64, hold: Hold) -> PathFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.db.release_held(order_id, hold.item.get()).await {
+                // The reservation stays HELD and the sweeper releases it at its deadline.
+                tracing::warn!(order_id, error = %e, "releasing a held reservation failed");
+            }
+        })
+    }
+
+    fn lost(&self, _hold: Hold) {
+        // A comparison strategy's hold is a reservation row that expired: nobody to stop.
     }
 }

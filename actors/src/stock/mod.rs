@@ -1,12 +1,12 @@
 //! Stock: one [`StockActor`] per item sells its units in memory, one message at a time.
 //!
 //! Invariant protected: **no oversell**. An actor sells only units it has checked out of the
-//! item row into its allotment, under its **epoch**; its reservations become durable in batches
-//! through the group committer, each batch fenced by that epoch
-//! ([`surge_persistence::stock`] holds every fenced statement). A saga hears "reserved" only
-//! after its batch committed.
+//! item row into its allotment, under its **epoch**, as in-memory holds; the order that got a
+//! hold takes its units durably in its own write, fenced by that epoch
+//! ([`surge_persistence::stock`] holds every fenced statement), so a hold from an owner that
+//! lost the item is refused by the database and the order is not written.
 //!
-//! - [`actor`]: the actor (allotment check-out, batches, sold-out window, passivation, drain);
+//! - [`actor`]: the actor (allotment check-out, holds, sold-out knowledge, passivation, drain);
 //! - [`registry`]: [`StockActors`], the node's actors, started on first use and supervised;
 //! - [`path`]: [`StockPath`], how an order line takes stock: the actors ([`StockActors`]) in
 //!   production, or one of the conventional [`comparison`] strategies chosen at start for
@@ -35,9 +35,6 @@ pub struct StockConfig {
     /// Units checked out of the item row at a time. Larger means fewer writes to the item row;
     /// smaller leaves more for other nodes. Everything unsold goes back on passivation.
     pub allotment_chunk: i64,
-    /// How long an unconfirmed reservation lives before the sweeper releases it. Far longer
-    /// than any saga needs, so only a dead saga's reservations expire.
-    pub reservation_ttl: Duration,
     /// An actor idle this long returns its allotment and stops.
     pub passivate_after: Duration,
     /// Most reservation requests that may wait on one item. Beyond it the node answers 503
@@ -52,7 +49,6 @@ impl Default for StockConfig {
         Self {
             sold_out_recheck: Duration::from_millis(250),
             allotment_chunk: 256,
-            reservation_ttl: Duration::from_secs(30),
             passivate_after: Duration::from_secs(60),
             max_waiting_per_item: 10_000,
             owner: "node-1".into(),
@@ -60,7 +56,7 @@ impl Default for StockConfig {
     }
 }
 
-/// Why a reservation was not made.
+/// Why a hold was not given.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReserveError {
     /// Not enough units.
@@ -75,11 +71,12 @@ pub enum ReserveError {
     /// The database failed or the owner changed, and nothing was written; retrying may succeed.
     #[error("stock unavailable: {0}")]
     Unavailable(String),
-    /// No answer in time: the reservation may or may not have been written, so it must not be
-    /// retried (a retry could hold the units twice); the order is failed and compensated, which
-    /// releases it if it exists.
-    #[error("reservation outcome unknown: {0}")]
+    /// No answer in time: the hold may or may not have been given, so it is not retried (a
+    /// retry could hold the units twice) nor released; the order is refused, and the units
+    /// are an undersell until the owner's allotment is given back.
+    #[error("hold outcome unknown: {0}")]
     Undetermined(String),
 }
+
 #[cfg(test)]
 mod tests;

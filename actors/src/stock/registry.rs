@@ -12,14 +12,15 @@ use ractor::ActorRef;
 use serde::Serialize;
 use surge_domain::{ItemId, Quantity};
 use surge_persistence::Database;
-use surge_persistence::committer::GroupCommitter;
 use surge_supervisors::{
     ActorFactory, ActorRegistry, RegistryError, RegistryLimits, RestartIntensity, StartError,
     WeakRegistry,
 };
 
 use super::actor::{StockActor, StockArgs, StockMsg, StockStats};
-use super::path::{PathFuture, StockPath};
+use surge_persistence::orders::HoldSource;
+
+use super::path::{Hold, PathFuture, StockPath};
 use super::{ReserveError, StockConfig};
 
 /// The registry of stock actors.
@@ -45,7 +46,6 @@ pub struct StockShared {
 #[derive(Debug)]
 pub(super) struct StockFactory {
     db: Database,
-    committer: GroupCommitter,
     config: StockConfig,
     registry: RegistryCell,
 }
@@ -75,7 +75,6 @@ impl ActorFactory for StockFactory {
         Ok((
             StockActor {
                 db: self.db.clone(),
-                committer: self.committer.clone(),
                 config: self.config.clone(),
                 registry: self.registry.clone(),
             },
@@ -106,12 +105,14 @@ pub struct StockActorView {
     pub failed: bool,
     /// Units checked out and unsold.
     pub allotment_left: i64,
-    /// Reservations waiting for the next batch.
-    pub pending_reservations: usize,
-    /// Unix ms of the last commit of a batch, 0 if none.
-    pub last_flush_at: i64,
-    /// Size of the last batch.
-    pub last_batch_size: usize,
+    /// Holds given since the actor started.
+    pub holds: u64,
+    /// Unix ms of the last check-out of units from the item row, 0 if none.
+    pub last_check_out_at: i64,
+    /// Units moved by the last check-out.
+    pub last_check_out: usize,
+    /// Known sold out: refusals come from memory.
+    pub sold_out: bool,
     /// Ownership epoch.
     pub epoch: i64,
 }
@@ -136,11 +137,7 @@ fn unavailable(e: RegistryError) -> ReserveError {
 
 impl StockActors {
     /// Starts the registry and its supervisor.
-    pub async fn start(
-        db: Database,
-        committer: GroupCommitter,
-        config: StockConfig,
-    ) -> Result<Self, ractor::SpawnErr> {
+    pub async fn start(db: Database, config: StockConfig) -> Result<Self, ractor::SpawnErr> {
         let cell = RegistryCell::default();
         let limits = RegistryLimits {
             max_waiting_per_key: config.max_waiting_per_item,
@@ -148,7 +145,6 @@ impl StockActors {
         };
         let factory = StockFactory {
             db,
-            committer,
             config,
             registry: cell.clone(),
         };
@@ -157,25 +153,17 @@ impl StockActors {
         Ok(Self { registry })
     }
 
-    /// Reserves units of an item for an order; returns after the reservation is durable.
-    async fn reserve_units(
+    /// Holds units of an item in its actor's memory; returns the actor's epoch.
+    async fn hold_units(
         &self,
         item_id: i64,
-        order_id: i64,
         quantity: i64,
         timeout: Duration,
-    ) -> Result<(), ReserveError> {
+    ) -> Result<i64, ReserveError> {
         let admission = self.registry.admit(item_id).map_err(unavailable)?;
         let actor = admission.actor().await.map_err(unavailable)?;
         let answer = actor
-            .call(
-                |reply| StockMsg::Reserve {
-                    order_id,
-                    quantity,
-                    reply,
-                },
-                Some(timeout),
-            )
+            .call(|reply| StockMsg::Hold { quantity, reply }, Some(timeout))
             .await;
         match answer {
             Ok(ractor::rpc::CallResult::Success(result)) => result,
@@ -184,10 +172,17 @@ impl StockActors {
             )),
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
                 // The actor stopped (passivated, fenced or failed) before it took the message:
-                // nothing was reserved. Drop it so a retry starts a fresh one.
+                // nothing was held. Drop it so a retry starts a fresh one.
                 self.registry.forget(item_id, actor.get_id());
                 Err(ReserveError::Unavailable("the stock actor stopped".into()))
             }
+        }
+    }
+
+    /// Tells the item's actor, if it is still there.
+    fn tell(&self, item_id: i64, message: StockMsg) {
+        if let Some(actor) = self.registry.live_actor(item_id) {
+            let _ = actor.cast(message);
         }
     }
 
@@ -210,13 +205,6 @@ impl StockActors {
             .is_some_and(|s| s.stats.sold_out.load(Ordering::Relaxed))
     }
 
-    /// Tells an item's actor that units went back to its row.
-    fn wake(&self, item_id: i64) {
-        if let Some(actor) = self.registry.live_actor(item_id) {
-            let _ = actor.cast(StockMsg::Replenished);
-        }
-    }
-
     /// Every live stock actor, for the admin endpoint.
     pub fn views(&self) -> Vec<StockActorView> {
         self.registry
@@ -233,9 +221,10 @@ impl StockActors {
                     last_error: v.last_error,
                     failed: v.failed,
                     allotment_left: stats.allotment.load(Ordering::Relaxed),
-                    pending_reservations: stats.pending.load(Ordering::Relaxed),
-                    last_flush_at: stats.last_flush_at.load(Ordering::Relaxed),
-                    last_batch_size: stats.last_batch.load(Ordering::Relaxed),
+                    holds: stats.holds.load(Ordering::Relaxed),
+                    last_check_out_at: stats.last_check_out_at.load(Ordering::Relaxed),
+                    last_check_out: stats.last_check_out.load(Ordering::Relaxed),
+                    sold_out: stats.sold_out.load(Ordering::Relaxed),
                     epoch: v.shared.epoch.load(Ordering::Relaxed),
                 }
             })
@@ -260,14 +249,40 @@ impl StockPath for StockActors {
         Box::pin(self.price(item.get()))
     }
 
-    fn reserve(
+    fn hold(
         &self,
         item: ItemId,
-        order_id: i64,
+        _order_id: i64,
         quantity: Quantity,
         within: Duration,
-    ) -> PathFuture<'_, Result<(), ReserveError>> {
-        Box::pin(self.reserve_units(item.get(), order_id, quantity.get(), within))
+    ) -> PathFuture<'_, Result<Hold, ReserveError>> {
+        Box::pin(async move {
+            let epoch = self.hold_units(item.get(), quantity.get(), within).await?;
+            Ok(Hold {
+                item,
+                quantity,
+                source: HoldSource::Allotment { epoch },
+            })
+        })
+    }
+
+    fn release(&self, _order_id: i64, hold: Hold) -> PathFuture<'_, ()> {
+        if let HoldSource::Allotment { epoch } = hold.source {
+            self.tell(
+                hold.item.get(),
+                StockMsg::Release {
+                    quantity: hold.quantity.get(),
+                    epoch,
+                },
+            );
+        }
+        Box::pin(std::future::ready(()))
+    }
+
+    fn lost(&self, hold: Hold) {
+        if let HoldSource::Allotment { epoch } = hold.source {
+            self.tell(hold.item.get(), StockMsg::Lost { epoch });
+        }
     }
 
     fn known_sold_out(&self, item: ItemId) -> bool {
@@ -275,6 +290,6 @@ impl StockPath for StockActors {
     }
 
     fn replenished(&self, item: ItemId) {
-        self.wake(item.get());
+        self.tell(item.get(), StockMsg::Replenished);
     }
 }

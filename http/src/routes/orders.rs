@@ -357,13 +357,26 @@ pub async fn create(
             })?;
     let outcome = match tokio::time::timeout_at(deadline, outcome).await {
         Ok(Ok(outcome)) => outcome,
-        // Still running (or the saga died and will be compensated): 202 and where to look.
+        // Still running (or the saga died): 202 and where to look.
         Ok(Err(_)) | Err(_) => return Ok(still_processing(&state, order_id).await),
     };
     match outcome {
-        SagaOutcome::Succeeded(id)
-        | SagaOutcome::OutOfStock(id)
-        | SagaOutcome::ItemNotFound(id) => answer_for(load(&state, id).await?),
+        // Answered from what was written: no read-back.
+        SagaOutcome::Succeeded(order) => Ok(created(order)),
+        SagaOutcome::OutOfStock(statuses) => Err(refused_lines(
+            &req,
+            &statuses,
+            StatusCode::CONFLICT,
+            "OUT_OF_STOCK",
+            "not enough stock for a line; nothing was reserved",
+        )),
+        SagaOutcome::ItemNotFound(statuses) => Err(refused_lines(
+            &req,
+            &statuses,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "an item of this order does not exist",
+        )),
         SagaOutcome::Replay(id) => answer_when_final(&state, id, deadline).await,
         SagaOutcome::KeyReused => Err(ApiError::idempotency_key_reused(
             "this Idempotency-Key was used with a different request",
@@ -373,13 +386,38 @@ pub async fn create(
             tracing::warn!(order_id = id, %cause, "order outcome unknown; answering 202");
             Ok(still_processing(&state, id).await)
         }
-        SagaOutcome::Failed(id, cause) => {
-            tracing::warn!(order_id = id, %cause, "order failed on a dependency");
+        SagaOutcome::Failed(cause) => {
+            tracing::warn!(order_id, %cause, "order failed on a dependency");
             Err(ApiError::Overloaded {
                 message: "the order could not be completed; nothing was reserved".into(),
                 retry_after_secs: 1,
             })
         }
+    }
+}
+
+/// A refusal that changed nothing: every line with its status, and no `orderId` (nothing was
+/// recorded, so nothing is replayed for its Idempotency-Key either).
+fn refused_lines(
+    req: &CreateOrderRequest,
+    statuses: &[LineStatus],
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> ApiError {
+    let lines: Vec<serde_json::Value> = req
+        .lines
+        .iter()
+        .zip(statuses)
+        .map(|(line, status)| {
+            json!({ "itemId": line.item_id, "quantity": line.quantity, "status": status })
+        })
+        .collect();
+    ApiError::Refused {
+        status,
+        code,
+        message: message.to_owned(),
+        details: Some(json!({ "lines": lines })),
     }
 }
 
