@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::coupons::{self, NewIssue};
 use crate::orders::{self, CancelOutcome, FailOutcome, NewOrder, PlaceOutcome};
-use crate::stock;
 use crate::{Database, PersistenceError, now_millis};
+use crate::{placement, stock};
 
 /// Writes a committer accepts.
 #[derive(Debug)]
@@ -264,7 +264,12 @@ async fn apply(
     now: i64,
 ) -> Result<Outcome, sqlx::Error> {
     Ok(match write {
-        Write::Place(order, _) => Outcome::Place(orders::place_order(conn, order, now).await?),
+        Write::Place(order, _) => Outcome::Place(
+            placement::place_orders(conn, &[order], now)
+                .await?
+                .pop()
+                .unwrap_or(PlaceOutcome::Placed { at: now }),
+        ),
         Write::Fail(id, reason, _) => {
             Outcome::Fail(orders::fail_order(conn, *id, reason, now).await?)
         }
@@ -377,9 +382,30 @@ async fn commit(
     };
     let now = now_millis();
     let mut outcomes = Vec::with_capacity(writes.len());
-    for write in &writes {
-        match apply(&mut tx, write, now).await {
-            Ok(outcome) => outcomes.push(outcome),
+    // Consecutive orders are written together, a few multi-row statements for the whole run;
+    // every other write on its own, in queue order.
+    let mut next = 0;
+    while next < writes.len() {
+        let run: Vec<&NewOrder> = writes[next..]
+            .iter()
+            .map_while(|w| match w {
+                Write::Place(order, _) => Some(order),
+                _ => None,
+            })
+            .collect();
+        let applied = if run.is_empty() {
+            next += 1;
+            apply(&mut tx, &writes[next - 1], now)
+                .await
+                .map(|o| vec![o])
+        } else {
+            next += run.len();
+            placement::place_orders(&mut tx, &run, now)
+                .await
+                .map(|placed| placed.into_iter().map(Outcome::Place).collect())
+        };
+        match applied {
+            Ok(applied) => outcomes.extend(applied),
             Err(e) => {
                 let _ = tx.rollback().await;
                 return Some((writes, e.into()));

@@ -12,6 +12,7 @@ mod db;
 mod error;
 pub mod items;
 pub mod orders;
+mod placement;
 pub mod redis_coupons;
 pub mod sessions;
 pub mod stock;

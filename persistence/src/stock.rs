@@ -13,7 +13,7 @@
 //! - claim ([`Database::claim_allotment`]), check-out ([`Database::check_out_units`]), give
 //!   back ([`Database::return_allotment`], [`Database::reclaim_allotments`]): the owner's
 //!   allotment, each in its own short transaction;
-//! - [`take_hold`], [`undo_holds`], [`release_all`], [`release_expired`]: run inside a
+//! - [`take_allotment`], [`take_hold`], [`undo_holds`], [`release_all`], [`release_expired`]: run inside a
 //!   group-commit transaction (see [`crate::committer`]), together with the order rows of
 //!   [`crate::orders`]: an order takes its units in the same transaction that writes it.
 
@@ -235,62 +235,53 @@ impl Database {
 
 // ---- statements run inside a group-commit transaction -------------------------------------
 
-/// Takes a hold's units for `order_id`: out of the owner's allotment row, fenced by its epoch
-/// (`false`, nothing changed, when the epoch moved on or the row has fewer units), and into a
-/// `CONFIRMED` reservation; or, for a hold that is already a `HELD` reservation, confirms it
-/// (`false` when it expired).
+/// Takes `units` out of an owner's allotment row, fenced by its epoch: `false`, and nothing
+/// changed, when the epoch moved on (another owner took the item over) or the row holds fewer
+/// units. The units become sold reservations in the same transaction (see
+/// [`crate::placement`]).
+pub(crate) async fn take_allotment(
+    conn: &mut AnyConnection,
+    item_id: i64,
+    epoch: i64,
+    units: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
+         WHERE item_id = $3 AND epoch = $4 AND units >= $1",
+    )
+    .bind(units)
+    .bind(now)
+    .bind(item_id)
+    .bind(epoch)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
+}
+
+/// Confirms a hold that is a `HELD` reservation (the comparison strategies): `false` when it
+/// expired.
 pub(crate) async fn take_hold(
     conn: &mut AnyConnection,
     order_id: i64,
     hold: &StockHold,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    match hold.source {
-        HoldSource::Allotment { epoch } => {
-            let taken = sqlx::query(
-                "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
-                 WHERE item_id = $3 AND epoch = $4 AND units >= $1",
-            )
-            .bind(hold.quantity)
-            .bind(now)
-            .bind(hold.item_id)
-            .bind(epoch)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if taken == 0 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at) \
-                 VALUES ($1, $2, $3, 'CONFIRMED', $4, $5, $5, $5)",
-            )
-            .bind(order_id)
-            .bind(hold.item_id)
-            .bind(hold.quantity)
-            .bind(epoch)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            Ok(true)
-        }
-        HoldSource::Reservation => {
-            let confirmed = sqlx::query(
-                "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
-                 WHERE order_id = $2 AND item_id = $3 AND status = 'HELD'",
-            )
-            .bind(now)
-            .bind(order_id)
-            .bind(hold.item_id)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            Ok(confirmed == 1)
-        }
-    }
+    let confirmed = sqlx::query(
+        "UPDATE reservations SET status = 'CONFIRMED', updated_at = $1 \
+         WHERE order_id = $2 AND item_id = $3 AND status = 'HELD'",
+    )
+    .bind(now)
+    .bind(order_id)
+    .bind(hold.item_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(confirmed == 1)
 }
 
-/// Undoes [`take_hold`] for holds taken earlier in this transaction (a later one was lost).
+/// Puts back what this transaction took for an order's holds (another of its holds was lost).
 pub(crate) async fn undo_holds(
     conn: &mut AnyConnection,
     order_id: i64,
