@@ -190,8 +190,9 @@ impl Application {
             stock: stock_path,
             coupons: coupons.clone(),
             breaker: db_breaker.clone(),
-            // Half the reservation lifetime leaves the other half for the confirmation.
-            reserve_deadline: config.order_answer_timeout.max(config.reservation_ttl / 2),
+            // A saga holds and writes within the client's answer deadline; past it the client
+            // has its answer (503 "outcome pending") and nothing should still be running.
+            reserve_deadline: config.order_answer_timeout,
         })
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
@@ -296,6 +297,7 @@ impl Application {
                 }
             });
         }
+        let answer_deadline = state.orders.answer_deadline;
         let router = surge_http::router(state.clone());
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -306,9 +308,14 @@ impl Application {
             .with_graceful_shutdown(stopped(&stop))
             .await;
         background.finish().await;
-        // In-flight requests are done. In order: the stock actors commit their last batches and
-        // give unsold allotments back; sagas and coupon actors stop; the Redis issue writer
-        // finishes its round; then the writer commits everything queued and ends.
+        // In-flight requests are done. In order: sagas still running (they may outlive their
+        // requests) finish, within their own deadline; the stock actors give their unsold
+        // allotments back; sagas and coupon actors stop; the Redis issue writer finishes its
+        // round; then the writer commits everything queued and ends.
+        let still_running = state.orders.sagas.wait_idle(answer_deadline).await;
+        if still_running > 0 {
+            tracing::warn!(still_running, "stopping with order sagas still running");
+        }
         state.orders.stock.drain().await;
         state.orders.sagas.stop();
         state.coupons.stop();

@@ -172,7 +172,9 @@ impl GroupCommitter {
     ) -> Result<T, PersistenceError> {
         let (reply, rx) = oneshot::channel();
         self.submit(make(reply))?;
-        rx.await.map_err(|_| PersistenceError::Closed)?
+        // A write that was accepted and never answered (the writer died) may have committed.
+        rx.await
+            .map_err(|_| PersistenceError::Unknown("the writer stopped before answering".into()))?
     }
 
     /// Writes an order in its final state and waits for the commit.

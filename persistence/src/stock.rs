@@ -59,10 +59,11 @@ pub struct AllotmentClaim {
 }
 
 impl Database {
-    /// Takes ownership of an item's stock with a new epoch. Units a previous owner had
-    /// checked out but not reserved go back to the item first: they were never promised to
-    /// anyone (reservations are written together with the allotment decrement). `None` when
-    /// the item does not exist.
+    /// Takes ownership of an item's stock with a new epoch. The units still in a previous
+    /// owner's allotment go back to the item first: no order has taken them (an order takes
+    /// its units out of the allotment row in the same transaction that writes it), and an
+    /// order still being written under the old epoch is fenced by the new one. `None` when the
+    /// item does not exist.
     pub async fn claim_allotment(
         &self,
         item_id: i64,
@@ -78,6 +79,11 @@ impl Database {
         let Some((name, price)) = item else {
             return Ok(None);
         };
+        // Lock the allotment row before reading its units: an order being written under the
+        // old epoch either committed before (its units are gone from the row) or waits and is
+        // then fenced. Without the lock (PostgreSQL, read committed) the same units could be
+        // read here, returned to the item, and sold by that order too.
+        lock_allotments(&mut tx, "item_id = $1", item_id, now).await?;
         sqlx::query(
             "UPDATE items SET available = available + \
                COALESCE((SELECT units FROM stock_allotments WHERE item_id = $1), 0), updated_at = $2 \
@@ -173,11 +179,12 @@ impl Database {
         Ok((take, available - take))
     }
 
-    /// At start: returns every unit this node's previous process had checked out (and not
-    /// reserved) to the items, and bumps the epochs so nothing that process wrote late can land.
+    /// At start: returns every unit still in this node's previous allotments to the items, and
+    /// bumps the epochs so nothing that process wrote late can land.
     pub async fn reclaim_allotments(&self, owner: &str) -> Result<u64, PersistenceError> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
+        lock_allotments(&mut tx, "owner = $1", owner.to_owned(), now).await?;
         sqlx::query(
             "UPDATE items SET available = available + \
                (SELECT units FROM stock_allotments a WHERE a.item_id = items.id), updated_at = $1 \
@@ -199,7 +206,9 @@ impl Database {
         Ok(n)
     }
 
-    /// Gives every unreserved unit of the allotment back to the item (passivation, shutdown).
+    /// Gives the allotment's units back to the item (passivation, shutdown): every unit no
+    /// order has taken yet. Nothing when `epoch` is no longer the owner's (the new owner's
+    /// claim already returned them).
     pub async fn return_allotment(
         &self,
         item_id: i64,
@@ -207,6 +216,19 @@ impl Database {
     ) -> Result<i64, PersistenceError> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
+        // Lock first (see `claim_allotment`), fenced by the epoch.
+        let owned = sqlx::query(
+            "UPDATE stock_allotments SET updated_at = $1 WHERE item_id = $2 AND epoch = $3",
+        )
+        .bind(now)
+        .bind(item_id)
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if owned == 0 {
+            return Ok(0);
+        }
         let units: Option<(i64,)> =
             sqlx::query_as("SELECT units FROM stock_allotments WHERE item_id = $1 AND epoch = $2")
                 .bind(item_id)
@@ -231,6 +253,24 @@ impl Database {
         tx.commit().await?;
         Ok(units)
     }
+}
+
+/// Locks allotment rows by touching them, so that what the transaction reads of them next is
+/// what it changes (a concurrent order write either committed before or waits).
+async fn lock_allotments(
+    conn: &mut AnyConnection,
+    filter: &'static str,
+    key: impl for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send + 'static,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE stock_allotments SET updated_at = $2 WHERE {filter}"
+    )))
+    .bind(key)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 // ---- statements run inside a group-commit transaction -------------------------------------

@@ -312,9 +312,12 @@ impl OrderSagas {
     pub async fn start_order(
         &self,
         request: OrderRequest,
+        admission: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(i64, oneshot::Receiver<SagaOutcome>), SagaError> {
         let order_id = self.next_order_id().await?;
         let (reply, rx) = oneshot::channel();
+        // Counted as running from now on (shutdown waits for it), not only once it starts.
+        self.inner.set_step(order_id, Some("starting"));
         self.supervisor
             .spawn(
                 order_id,
@@ -324,10 +327,14 @@ impl OrderSagas {
                     order_id,
                     request,
                     reply: Some(reply),
+                    _admission: admission,
                 },
             )
             .await
-            .map_err(|e| SagaError::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                self.inner.set_step(order_id, None);
+                SagaError::Unavailable(e.to_string())
+            })?;
         Ok((order_id, rx))
     }
 
@@ -346,6 +353,19 @@ impl OrderSagas {
         let id = block.next;
         block.next += 1;
         Ok(id)
+    }
+
+    /// Waits, at most `limit`, until no saga is running (shutdown: sagas may outlive the
+    /// requests that started them). Returns how many are still running.
+    pub async fn wait_idle(&self, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let running = self.inner.running.lock().map(|r| r.len()).unwrap_or(0);
+            if running == 0 || tokio::time::Instant::now() >= deadline {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops the supervisor (after the HTTP layer has drained).

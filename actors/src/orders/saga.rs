@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use surge_domain::{ItemId, LineStatus, OrderStatus, Quantity};
 use surge_persistence::PersistenceError;
 use surge_persistence::coupons::CouponRefusal;
-use surge_persistence::orders::{NewOrder, OrderLineRecord, OrderRecord, PlaceOutcome};
+use surge_persistence::orders::{HoldSource, NewOrder, OrderLineRecord, OrderRecord, PlaceOutcome};
 use surge_supervisors::{CallError, retry};
 use tokio::sync::oneshot;
 
@@ -35,6 +35,9 @@ pub(crate) struct SagaArgs {
     pub(crate) order_id: i64,
     pub(crate) request: OrderRequest,
     pub(crate) reply: Option<oneshot::Sender<SagaOutcome>>,
+    /// The caller's place among the orders worked on at once: held until the saga ends, not
+    /// just until its caller stops waiting, so the bound counts every running saga.
+    pub(crate) _admission: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Actor for OrderSaga {
@@ -101,7 +104,14 @@ async fn run_once_per_key(
     };
     let slot = inner.key_slot(request.user_id, key);
     let outcome = {
-        let mut placed = slot.lock().await;
+        // Bounded: a request that waits longer than a saga may run gives up (nothing written).
+        let deadline = tokio::time::Instant::now() + inner.reserve_deadline;
+        let Ok(mut placed) = tokio::time::timeout_at(deadline, slot.lock()).await else {
+            inner.drop_key_slot(request.user_id, key, slot);
+            return SagaOutcome::Failed(
+                "an order with this Idempotency-Key is still running".into(),
+            );
+        };
         match &*placed {
             Some((first, first_hash)) if first_hash == hash => SagaOutcome::Replay(*first),
             Some(_) => SagaOutcome::KeyReused,
@@ -226,21 +236,28 @@ pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderReques
                 inner.publish(order_id, OrderStatus::Succeeded);
                 return SagaOutcome::Succeeded(as_written(order, at));
             }
-            // The commit may have landed: the holds are not given back.
+            // The commit may have landed: the holds are not given back until the database
+            // says whether the order exists.
             Err(PersistenceError::Unknown(cause)) => {
+                tokio::spawn(settle_unknown(inner.clone(), order_id, holds));
                 return SagaOutcome::Undetermined(order_id, cause);
             }
             Ok(PlaceOutcome::HoldLost { item_id }) => {
                 let (lost, kept): (Vec<Hold>, Vec<Hold>) =
                     holds.into_iter().partition(|h| h.item.get() == item_id);
+                // An owner that lost its epoch can be held from again (a new owner takes
+                // over); an expired reservation (comparison strategies) cannot.
+                let again = lost
+                    .iter()
+                    .all(|h| matches!(h.source, HoldSource::Allotment { .. }));
                 for hold in lost {
                     inner.stock.lost(hold);
                 }
                 release_all(inner, order_id, kept).await;
-                if tokio::time::Instant::now() < deadline {
+                if again && tokio::time::Instant::now() < deadline {
                     continue;
                 }
-                return SagaOutcome::Failed("the item changed owner; try again".into());
+                return SagaOutcome::Failed("an item changed owner; try again".into());
             }
             Ok(PlaceOutcome::Duplicate {
                 order_id: existing,
@@ -322,8 +339,8 @@ async fn hold_all(
         None => Some("a hold task failed".to_owned()),
         _ => None,
     });
-    // A hold whose answer never came (Undetermined) may still sit in its actor: it is not
-    // released (an undersell, never an oversell); every hold that was given goes back.
+    // Every hold that was given goes back; one whose answer came too late is given back by
+    // the stock path when it arrives.
     let given: Vec<Hold> = results.into_iter().flatten().flatten().collect();
     release_all(inner, order_id, given).await;
     Err(match unavailable {
@@ -331,6 +348,32 @@ async fn hold_all(
         None if statuses.contains(&LineStatus::ItemNotFound) => SagaOutcome::ItemNotFound(statuses),
         None => SagaOutcome::OutOfStock(statuses),
     })
+}
+
+/// Waits until the database can say whether an order whose write was in doubt exists; if it
+/// does not, its holds go back. Until then they stay out of sale (undersell, never oversell).
+async fn settle_unknown(inner: Arc<Inner>, order_id: i64, holds: Vec<Hold>) {
+    /// How often the database is asked again.
+    const RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+    /// How long to keep asking; after that the holds stay out until the owner's allotment is
+    /// given back or reclaimed.
+    const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(600);
+    let give_up = tokio::time::Instant::now() + GIVE_UP;
+    while tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(RETRY).await;
+        match inner.db.order_by_id(order_id).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {
+                release_all(&inner, order_id, holds).await;
+                return;
+            }
+            Err(e) => tracing::debug!(order_id, error = %e, "order still in doubt"),
+        }
+    }
+    tracing::warn!(
+        order_id,
+        "gave up settling an order in doubt; its units return with the allotment"
+    );
 }
 
 /// Gives back holds that no order took.

@@ -30,6 +30,8 @@ struct LedgerFaults {
     unknown: AtomicU32,
     /// The saga dies while writing.
     panic: AtomicU32,
+    /// The order is written, but the answer is lost (outcome unknown to the saga).
+    lose_answer: AtomicU32,
     /// Writes seen.
     writes: AtomicU32,
 }
@@ -57,6 +59,15 @@ impl OrderLedger for FaultyLedger {
         }
         if take(&self.faults.unknown) {
             return Box::pin(async { Err(PersistenceError::Unknown("injected".into())) });
+        }
+        if take(&self.faults.lose_answer) {
+            let real = OrderLedger::place(&self.real, order);
+            return Box::pin(async move {
+                real.await?;
+                Err(PersistenceError::Unknown(
+                    "injected: the answer was lost".into(),
+                ))
+            });
         }
         OrderLedger::place(&self.real, order)
     }
@@ -199,7 +210,11 @@ impl World {
     }
 
     async fn place(&self, lines: &[(i64, i64)]) -> (i64, SagaOutcome) {
-        let (order_id, rx) = self.sagas.start_order(self.request(lines)).await.unwrap();
+        let (order_id, rx) = self
+            .sagas
+            .start_order(self.request(lines), None)
+            .await
+            .unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(10), rx)
             .await
             .map(Result::ok)
@@ -353,7 +368,7 @@ async fn a_write_that_fails_before_committing_gives_every_hold_back() {
 }
 
 #[tokio::test]
-async fn a_write_whose_outcome_is_unknown_keeps_its_holds() {
+async fn a_write_in_doubt_that_did_not_land_gives_its_holds_back_once_settled() {
     let w = world().await;
     w.ledger.unknown.store(1, Ordering::Release);
     let (order, outcome) = w.place(&[(w.b, 2)]).await;
@@ -361,10 +376,38 @@ async fn a_write_whose_outcome_is_unknown_keeps_its_holds() {
         matches!(outcome, SagaOutcome::Undetermined(id, _) if id == order),
         "{outcome:?}"
     );
-    // Never "given back blindly": the 2 units stay out of sale (an undersell), so only 1 of
-    // the 3 can still be held, and the database still counts all 3.
+    // Never "given back blindly": only once the database says the order does not exist do
+    // its units come back.
+    eventually("the holds come back", || async {
+        w.stock
+            .real
+            .hold(
+                ItemId::from_db(w.b),
+                0,
+                Quantity::parse(3).unwrap(),
+                Duration::from_secs(5),
+            )
+            .await
+            .is_ok()
+    })
+    .await;
+    assert_eq!(w.orders().await, 0);
+}
+
+#[tokio::test]
+async fn a_write_in_doubt_that_landed_keeps_its_units_sold() {
+    let w = world().await;
+    w.ledger.lose_answer.store(1, Ordering::Release);
+    let (order, outcome) = w.place(&[(w.b, 2)]).await;
+    assert!(
+        matches!(outcome, SagaOutcome::Undetermined(id, _) if id == order),
+        "{outcome:?}"
+    );
+    assert!(w.scratch.db.order_by_id(order).await.unwrap().is_some());
+    // Give the settling a chance to (wrongly) release: it must not.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     w.assert_can_hold(w.b, 1).await;
-    let hold = w
+    let more = w
         .stock
         .real
         .hold(
@@ -374,8 +417,8 @@ async fn a_write_whose_outcome_is_unknown_keeps_its_holds() {
             Duration::from_secs(5),
         )
         .await;
-    assert_eq!(hold, Err(ReserveError::OutOfStock));
-    w.assert_units(w.b, 3, 0).await;
+    assert_eq!(more, Err(ReserveError::OutOfStock), "a sold unit came back");
+    w.assert_units(w.b, 3, 2).await;
 }
 
 #[tokio::test]
@@ -431,7 +474,11 @@ async fn a_hold_task_that_panics_refuses_the_order_and_releases_the_rest() {
 async fn a_saga_that_dies_while_writing_leaves_nothing_half_done() {
     let w = world().await;
     w.ledger.panic.store(1, Ordering::Release);
-    let (order, rx) = w.sagas.start_order(w.request(&[(w.a, 2)])).await.unwrap();
+    let (order, rx) = w
+        .sagas
+        .start_order(w.request(&[(w.a, 2)]), None)
+        .await
+        .unwrap();
     // The saga dies before answering: its caller hears nothing (and would answer 202).
     assert!(rx.await.is_err());
     eventually("the supervisor records it", || async {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use surge_persistence::{Database, PersistenceError, now_millis};
+use tokio::sync::oneshot;
 
 use super::registry::RegistryCell;
 use super::{ReserveError, StockConfig};
@@ -42,8 +43,9 @@ pub enum StockMsg {
     Hold {
         /// Units.
         quantity: i64,
-        /// Answer: the epoch.
-        reply: RpcReplyPort<Result<i64, ReserveError>>,
+        /// Answer: the epoch. A plain oneshot (not a ractor call) so a caller that stops
+        /// waiting can still learn of a late hold and give it back.
+        reply: oneshot::Sender<Result<i64, ReserveError>>,
     },
     /// A hold its order did not take (refused, or its write failed before committing): the
     /// units are this actor's to sell again.
@@ -181,7 +183,7 @@ impl Actor for StockActor {
     ) -> Result<StockState, ActorProcessingErr> {
         myself.send_interval(self.config.passivate_after / 2, || StockMsg::IdleCheck);
         myself.send_interval(self.config.sold_out_recheck, || StockMsg::Recheck);
-        Ok(StockState {
+        let state = StockState {
             item_id: args.item_id,
             epoch: args.epoch,
             allotment: 0,
@@ -189,7 +191,10 @@ impl Actor for StockActor {
             rechecking: false,
             last_activity: tokio::time::Instant::now(),
             stats: args.stats,
-        })
+        };
+        // The stats outlive a failed predecessor: what it knew (sold out) is not known now.
+        Self::publish(&state);
+        Ok(state)
     }
 
     async fn handle(

@@ -16,6 +16,7 @@ use surge_supervisors::{
     ActorFactory, ActorRegistry, RegistryError, RegistryLimits, RestartIntensity, StartError,
     WeakRegistry,
 };
+use tokio::sync::oneshot;
 
 use super::actor::{StockActor, StockArgs, StockMsg, StockStats};
 use surge_persistence::orders::HoldSource;
@@ -162,19 +163,27 @@ impl StockActors {
     ) -> Result<i64, ReserveError> {
         let admission = self.registry.admit(item_id).map_err(unavailable)?;
         let actor = admission.actor().await.map_err(unavailable)?;
-        let answer = actor
-            .call(|reply| StockMsg::Hold { quantity, reply }, Some(timeout))
-            .await;
-        match answer {
-            Ok(ractor::rpc::CallResult::Success(result)) => result,
-            Ok(ractor::rpc::CallResult::Timeout) => Err(ReserveError::Undetermined(
-                "the stock actor did not answer in time".into(),
-            )),
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                // The actor stopped (passivated, fenced or failed) before it took the message:
-                // nothing was held. Drop it so a retry starts a fresh one.
-                self.registry.forget(item_id, actor.get_id());
-                Err(ReserveError::Unavailable("the stock actor stopped".into()))
+        let (reply, answer) = oneshot::channel();
+        if actor.cast(StockMsg::Hold { quantity, reply }).is_err() {
+            // The actor stopped (passivated, fenced or failed) before it took the message:
+            // nothing was held. Drop it so a retry starts a fresh one.
+            self.registry.forget(item_id, actor.get_id());
+            return Err(ReserveError::Unavailable("the stock actor stopped".into()));
+        }
+        let mut answer = answer;
+        match tokio::time::timeout(timeout, &mut answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ReserveError::Unavailable("the stock actor stopped".into())),
+            Err(_) => {
+                // Too late for this order: if the hold is given after all, it goes back.
+                tokio::spawn(async move {
+                    if let Ok(Ok(epoch)) = answer.await {
+                        let _ = actor.cast(StockMsg::Release { quantity, epoch });
+                    }
+                });
+                Err(ReserveError::Undetermined(
+                    "the stock actor did not answer in time".into(),
+                ))
             }
         }
     }

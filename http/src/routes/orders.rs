@@ -193,23 +193,19 @@ fn created(order: OrderRecord) -> Response {
     response
 }
 
+/// The answer when the saga has not said how its order ended (it is still running, or its
+/// write's outcome is unknown): the order as stored if it exists; otherwise 503 "outcome
+/// pending", never a 202 pointing at an order that may never exist.
 async fn still_processing(state: &AppState, order_id: i64) -> Response {
     match state.db.order_by_id(order_id).await {
-        Ok(Some(order)) if order.status != OrderStatus::Processing => {
-            answer_for(order).unwrap_or_else(IntoResponse::into_response)
+        Ok(Some(order)) => answer_for(order).unwrap_or_else(IntoResponse::into_response),
+        _ => ApiError::Overloaded {
+            message: "the order's outcome is not known yet; retry with the same \
+                      Idempotency-Key to learn it"
+                .into(),
+            retry_after_secs: 1,
         }
-        Ok(Some(order)) => created(order),
-        _ => {
-            let mut response = (
-                StatusCode::ACCEPTED,
-                Json(json!({ "orderId": order_id, "status": OrderStatus::Processing })),
-            )
-                .into_response();
-            if let Ok(value) = HeaderValue::from_str(&format!("/api/v1/orders/{order_id}")) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
-            response
-        }
+        .into_response(),
     }
 }
 
@@ -313,7 +309,7 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let lines = validate(&req)?;
     let deadline = tokio::time::Instant::now() + state.orders.answer_deadline;
-    let _permit = state
+    let permit = state
         .orders
         .admission
         .clone()
@@ -336,25 +332,24 @@ pub async fn create(
         lines,
         coupon_id: req.coupon_id,
     };
-    let (order_id, outcome) =
-        state
-            .orders
-            .sagas
-            .start_order(request)
-            .await
-            .map_err(|e| match e {
-                SagaError::Overloaded { retry_after_secs } => ApiError::Overloaded {
-                    message: "too many orders in progress".into(),
-                    retry_after_secs,
-                },
-                SagaError::Unavailable(cause) => {
-                    tracing::warn!(%cause, "could not start an order saga");
-                    ApiError::Overloaded {
-                        message: "orders are unavailable right now".into(),
-                        retry_after_secs: 1,
-                    }
+    let (order_id, outcome) = state
+        .orders
+        .sagas
+        .start_order(request, Some(permit))
+        .await
+        .map_err(|e| match e {
+            SagaError::Overloaded { retry_after_secs } => ApiError::Overloaded {
+                message: "too many orders in progress".into(),
+                retry_after_secs,
+            },
+            SagaError::Unavailable(cause) => {
+                tracing::warn!(%cause, "could not start an order saga");
+                ApiError::Overloaded {
+                    message: "orders are unavailable right now".into(),
+                    retry_after_secs: 1,
                 }
-            })?;
+            }
+        })?;
     let outcome = match tokio::time::timeout_at(deadline, outcome).await {
         Ok(Ok(outcome)) => outcome,
         // Still running (or the saga died): 202 and where to look.
