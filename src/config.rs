@@ -1,16 +1,21 @@
-//! Typed configuration, read once from the environment at start.
+//! Typed configuration, read once at start from `SURGE_*` environment variables (or the
+//! matching `surge serve --…` options).
 //!
-//! Every variable has a safe default; a bad value stops the node with a message naming the
-//! variable (see [`ConfigError`]), before anything listens or connects.
+//! [`ServeArgs`] is the one parser: every variable is a clap argument with its environment
+//! name, default and value parser, and [`ServeArgs::into_config`] adds the rules that span
+//! several variables. Every variable has a safe default, and a blank value counts as unset; a
+//! bad value stops the node with a message naming the variable (see [`ConfigError`]), before
+//! anything listens or connects.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches as _};
 use secrecy::SecretString;
 use surge_actors::StockStrategy;
 use surge_domain::{LoginId, Password};
 use surge_persistence::Backend;
-
 /// Where the API listens unless `SURGE_HTTP_ADDR` says otherwise.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// The embedded database unless `SURGE_DATABASE_URL` says otherwise.
@@ -30,6 +35,35 @@ fn invalid(variable: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
         message: message.into(),
+    }
+}
+
+impl ConfigError {
+    /// The variable and message of a clap error about one of [`ServeArgs`]' values (a value
+    /// its parser refused); `None` for any other error (an unknown option, `--help`, …), which
+    /// clap reports itself. The refused value is left out: it may be a secret.
+    pub fn from_clap(error: &clap::Error) -> Option<Self> {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        if !matches!(
+            error.kind(),
+            ErrorKind::ValueValidation | ErrorKind::InvalidValue
+        ) {
+            return None;
+        }
+        // "--http-addr <HTTP_ADDR>": the option, then its value's name.
+        let ContextValue::String(arg) = error.get(ContextKind::InvalidArg)? else {
+            return None;
+        };
+        let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+        let command = ServeArgs::augment_args(Command::new("serve"));
+        let env = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))?
+            .get_env()?;
+        let variable = VARIABLES.iter().copied().find(|v| env == *v)?;
+        let message = std::error::Error::source(error)
+            .map_or_else(|| "is not a valid value".to_owned(), ToString::to_string);
+        Some(invalid(variable, message))
     }
 }
 
@@ -100,49 +134,184 @@ pub struct RedisSettings {
 /// Longest accepted `SURGE_REDIS_KEY_PREFIX`.
 const MAX_KEY_PREFIX: usize = 64;
 
-impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
+/// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
+const VARIABLES: [&str; 21] = [
+    "SURGE_HTTP_ADDR",
+    "SURGE_ADMIN_ADDR",
+    "SURGE_DATABASE_URL",
+    "SURGE_JWT_SECRET",
+    "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID",
+    "SURGE_BOOTSTRAP_ADMIN_PASSWORD",
+    "SURGE_NODE_ID",
+    "SURGE_ORDER_ANSWER_TIMEOUT_MS",
+    "SURGE_FLUSH_TICK_MS",
+    "SURGE_MAX_INFLIGHT_ORDERS",
+    "SURGE_RESERVATION_TTL_MS",
+    "SURGE_STOCK_PASSIVATE_MS",
+    "SURGE_MAX_WAITING_PER_ITEM",
+    "SURGE_STOCK_STRATEGY",
+    "SURGE_COUPON_ANSWER_TIMEOUT_MS",
+    "SURGE_REDIS_URL",
+    "SURGE_REDIS_KEY_PREFIX",
+    "SURGE_COUPON_CLAIM_IDLE_MS",
+    "SURGE_REDIS_TIMEOUT_MS",
+    "SURGE_KAFKA_BROKERS",
+    "SURGE_MONGO_URL",
+];
 
-    /// Reads configuration through `lookup`, so tests can pass their own variables.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let http_addr = parse_addr("SURGE_HTTP_ADDR", get("SURGE_HTTP_ADDR"))?
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let admin_addr = parse_addr("SURGE_ADMIN_ADDR", get("SURGE_ADMIN_ADDR"))?;
-        let database_url =
-            get("SURGE_DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
-        let backend = Backend::from_url(&database_url).map_err(|_| {
+/// What [`ConfigError::variable`] says about an error no single variable caused.
+const ANY_VARIABLE: &str = "SURGE_*";
+
+/// A setting without a default: `None` when unset or blank.
+#[derive(Debug, Clone)]
+pub struct Unset<T>(pub Option<T>);
+
+/// Run a node: serve the API until SIGTERM or Ctrl-C.
+///
+/// Every option has an environment variable (shown with it), which is how a deployment
+/// usually sets it; an option given on the command line wins. A blank variable counts as
+/// unset. See README.md.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The API listener.
+    #[arg(long, env = "SURGE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR,
+          value_parser = or_default(DEFAULT_HTTP_ADDR, parse_addr))]
+    pub http_addr: SocketAddr,
+
+    /// An operators' listener with health and metrics unauthenticated [default: none].
+    #[arg(long, env = "SURGE_ADMIN_ADDR", default_value = "", hide_default_value = true,
+          value_parser = optional(parse_addr))]
+    pub admin_addr: Unset<SocketAddr>,
+
+    /// sqlite:PATH (embedded) or postgres://… (scaled).
+    #[arg(long, env = "SURGE_DATABASE_URL", default_value = DEFAULT_DATABASE_URL,
+          hide_env_values = true, value_parser = or_default(DEFAULT_DATABASE_URL, parse_database_url))]
+    pub database_url: String,
+
+    /// The key access tokens are signed with, at least 32 bytes; required unless the database
+    /// is the embedded SQLite file (then one is generated and kept next to it).
+    #[arg(long, env = "SURGE_JWT_SECRET", default_value = "", hide_default_value = true,
+          hide_env_values = true, value_parser = optional(parse_jwt_secret))]
+    pub jwt_secret: Unset<SecretString>,
+
+    /// The first ADMIN's login id, created at start when no member has it (with
+    /// --bootstrap-admin-password).
+    #[arg(long, env = "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", default_value = "",
+          hide_default_value = true, value_parser = optional(parse_login_id))]
+    pub bootstrap_admin_login_id: Unset<LoginId>,
+
+    /// The first ADMIN's password (with --bootstrap-admin-login-id).
+    #[arg(long, env = "SURGE_BOOTSTRAP_ADMIN_PASSWORD", default_value = "",
+          hide_default_value = true, hide_env_values = true, value_parser = optional(parse_password))]
+    pub bootstrap_admin_password: Unset<Password>,
+
+    /// Owner name of the stock allotments this node takes.
+    #[arg(long, env = "SURGE_NODE_ID", default_value = "node-1",
+          value_parser = or_default("node-1", parse_text))]
+    pub node_id: String,
+
+    /// How long an order request waits for its outcome before 202 PROCESSING.
+    #[arg(long, env = "SURGE_ORDER_ANSWER_TIMEOUT_MS", default_value = "3000",
+          value_parser = or_default("3000", number(1, 60_000)))]
+    pub order_answer_timeout_ms: u64,
+
+    /// How long the group-commit writer lingers for companions.
+    #[arg(long, env = "SURGE_FLUSH_TICK_MS", default_value = "1",
+          value_parser = or_default("1", number(0, 1_000)))]
+    pub flush_tick_ms: u64,
+
+    /// Orders worked on at once before 503 OVERLOADED.
+    #[arg(long, env = "SURGE_MAX_INFLIGHT_ORDERS", default_value = "8192",
+          value_parser = or_default("8192", number(1, 1_000_000)))]
+    pub max_inflight_orders: u64,
+
+    /// An unconfirmed reservation's lifetime.
+    #[arg(long, env = "SURGE_RESERVATION_TTL_MS", default_value = "30000",
+          value_parser = or_default("30000", number(100, 3_600_000)))]
+    pub reservation_ttl_ms: u64,
+
+    /// A stock actor idle this long gives its allotment back.
+    #[arg(long, env = "SURGE_STOCK_PASSIVATE_MS", default_value = "60000",
+          value_parser = or_default("60000", number(100, 86_400_000)))]
+    pub stock_passivate_ms: u64,
+
+    /// Reservation requests that may wait on one item before 503.
+    #[arg(long, env = "SURGE_MAX_WAITING_PER_ITEM", default_value = "10000",
+          value_parser = or_default("10000", number(1, 1_000_000)))]
+    pub max_waiting_per_item: u64,
+
+    /// How order lines take stock: actor (Surge's design), or row-lock, conditional-update
+    /// or redis-decr (conventional strategies kept for `surge bench compare`).
+    #[arg(long, env = "SURGE_STOCK_STRATEGY", default_value = "actor",
+          value_parser = or_default("actor", parse_stock_strategy))]
+    pub stock_strategy: StockStrategy,
+
+    /// How long a coupon issue request waits for its answer.
+    #[arg(long, env = "SURGE_COUPON_ANSWER_TIMEOUT_MS", default_value = "5000",
+          value_parser = or_default("5000", number(1, 60_000)))]
+    pub coupon_answer_timeout_ms: u64,
+
+    /// Redis for the live coupon counts (scaled mode), redis://… [default: none: embedded].
+    #[arg(long, env = "SURGE_REDIS_URL", default_value = "", hide_default_value = true,
+          hide_env_values = true, value_parser = optional(parse_redis_url))]
+    pub redis_url: Unset<SecretString>,
+
+    /// Every Redis key this node writes starts with it (with --redis-url).
+    #[arg(long, env = "SURGE_REDIS_KEY_PREFIX", default_value = "surge",
+          value_parser = or_default("surge", parse_key_prefix))]
+    pub redis_key_prefix: String,
+
+    /// Coupon stream entries another consumer left unacknowledged this long are taken over
+    /// (with --redis-url).
+    #[arg(long, env = "SURGE_COUPON_CLAIM_IDLE_MS", default_value = "30000",
+          value_parser = or_default("30000", number(100, 3_600_000)))]
+    pub coupon_claim_idle_ms: u64,
+
+    /// A Redis call slower than this fails (with --redis-url).
+    #[arg(long, env = "SURGE_REDIS_TIMEOUT_MS", default_value = "1000",
+          value_parser = or_default("1000", number(10, 60_000)))]
+    pub redis_timeout_ms: u64,
+
+    /// Cluster mode over Kafka: not part of this build yet (refused when set).
+    #[arg(long, env = "SURGE_KAFKA_BROKERS", default_value = "", hide = true,
+          value_parser = optional(parse_text))]
+    pub kafka_brokers: Unset<String>,
+
+    /// The MongoDB read model: not part of this build yet (refused when set).
+    #[arg(long, env = "SURGE_MONGO_URL", default_value = "", hide = true,
+          hide_env_values = true, value_parser = optional(parse_text))]
+    pub mongo_url: Unset<String>,
+}
+
+impl ServeArgs {
+    /// The configuration these settings make, after the rules that span several of them.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let backend = Backend::from_url(&self.database_url).map_err(|_| {
             invalid(
                 "SURGE_DATABASE_URL",
                 "must start with sqlite:, postgres:// or postgresql://",
             )
         })?;
-        for (variable, what) in [
-            ("SURGE_KAFKA_BROKERS", "cluster mode over Kafka"),
-            ("SURGE_MONGO_URL", "the MongoDB read model"),
+        for (variable, set, what) in [
+            (
+                "SURGE_KAFKA_BROKERS",
+                self.kafka_brokers.0.is_some(),
+                "cluster mode over Kafka",
+            ),
+            (
+                "SURGE_MONGO_URL",
+                self.mongo_url.0.is_some(),
+                "the MongoDB read model",
+            ),
         ] {
-            if get(variable).is_some() {
+            if set {
                 return Err(invalid(
                     variable,
                     format!("{what} is not part of this build yet; unset it to run embedded"),
                 ));
             }
         }
-        let jwt_secret = get("SURGE_JWT_SECRET");
-        if let Some(secret) = &jwt_secret
-            && secret.len() < surge_http::auth::MIN_JWT_SECRET_BYTES
-        {
-            return Err(invalid(
-                "SURGE_JWT_SECRET",
-                format!(
-                    "must be at least {} bytes",
-                    surge_http::auth::MIN_JWT_SECRET_BYTES
-                ),
-            ));
-        }
+        let jwt_secret = self.jwt_secret.0;
         if jwt_secret.is_none() && backend != Backend::Sqlite {
             return Err(invalid(
                 "SURGE_JWT_SECRET",
@@ -151,16 +320,11 @@ impl Config {
             ));
         }
         let bootstrap_admin = match (
-            get("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID"),
-            get("SURGE_BOOTSTRAP_ADMIN_PASSWORD"),
+            self.bootstrap_admin_login_id.0,
+            self.bootstrap_admin_password.0,
         ) {
             (None, None) => None,
-            (Some(login_id), Some(password)) => Some(BootstrapAdmin {
-                login_id: LoginId::parse(&login_id)
-                    .map_err(|e| invalid("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", e.message))?,
-                password: Password::parse(&password)
-                    .map_err(|e| invalid("SURGE_BOOTSTRAP_ADMIN_PASSWORD", e.message))?,
-            }),
+            (Some(login_id), Some(password)) => Some(BootstrapAdmin { login_id, password }),
             (Some(_), None) => {
                 return Err(invalid(
                     "SURGE_BOOTSTRAP_ADMIN_PASSWORD",
@@ -174,128 +338,179 @@ impl Config {
                 ));
             }
         };
-        let number = |variable: &'static str,
-                      default: u64,
-                      min: u64,
-                      max: u64|
-         -> Result<u64, ConfigError> {
-            match get(variable) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| {
-                        invalid(
-                            variable,
-                            format!("must be a whole number from {min} to {max}"),
-                        )
-                    }),
-            }
-        };
-        let node_id = get("SURGE_NODE_ID").unwrap_or_else(|| "node-1".to_owned());
-        let order_answer_timeout =
-            Duration::from_millis(number("SURGE_ORDER_ANSWER_TIMEOUT_MS", 3_000, 1, 60_000)?);
-        let flush_tick = Duration::from_millis(number("SURGE_FLUSH_TICK_MS", 1, 0, 1_000)?);
-        let max_inflight_orders =
-            usize::try_from(number("SURGE_MAX_INFLIGHT_ORDERS", 8_192, 1, 1_000_000)?)
-                .unwrap_or(8_192);
-        let reservation_ttl =
-            Duration::from_millis(number("SURGE_RESERVATION_TTL_MS", 30_000, 100, 3_600_000)?);
-        let stock_passivate_after =
-            Duration::from_millis(number("SURGE_STOCK_PASSIVATE_MS", 60_000, 100, 86_400_000)?);
-        let max_waiting_per_item =
-            usize::try_from(number("SURGE_MAX_WAITING_PER_ITEM", 10_000, 1, 1_000_000)?)
-                .unwrap_or(10_000);
-        let stock_strategy = match get("SURGE_STOCK_STRATEGY") {
-            None => StockStrategy::Actor,
-            Some(raw) => StockStrategy::parse(raw.trim()).ok_or_else(|| {
-                invalid(
-                    "SURGE_STOCK_STRATEGY",
-                    "must be actor, row-lock, conditional-update or redis-decr",
-                )
-            })?,
-        };
-        let coupon_answer_timeout =
-            Duration::from_millis(number("SURGE_COUPON_ANSWER_TIMEOUT_MS", 5_000, 1, 60_000)?);
-        let redis = match get("SURGE_REDIS_URL") {
-            None => None,
-            Some(url) => {
-                if !url.starts_with("redis://") {
-                    return Err(invalid(
-                        "SURGE_REDIS_URL",
-                        "must start with redis:// (this build has no TLS; use a local tunnel for rediss)",
-                    ));
-                }
-                let key_prefix = get("SURGE_REDIS_KEY_PREFIX").unwrap_or_else(|| "surge".into());
-                if key_prefix.len() > MAX_KEY_PREFIX
-                    || !key_prefix
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
-                {
-                    return Err(invalid(
-                        "SURGE_REDIS_KEY_PREFIX",
-                        format!("must be 1 to {MAX_KEY_PREFIX} characters of [A-Za-z0-9_.:-]"),
-                    ));
-                }
-                let claim_idle = Duration::from_millis(number(
-                    "SURGE_COUPON_CLAIM_IDLE_MS",
-                    30_000,
-                    100,
-                    3_600_000,
-                )?);
-                let timeout =
-                    Duration::from_millis(number("SURGE_REDIS_TIMEOUT_MS", 1_000, 10, 60_000)?);
-                Some(RedisSettings {
-                    timeout,
-                    url: SecretString::from(url),
-                    key_prefix,
-                    claim_idle,
-                })
-            }
-        };
-        if stock_strategy == StockStrategy::RedisDecr && redis.is_none() {
+        let redis = self.redis_url.0.map(|url| RedisSettings {
+            url,
+            key_prefix: self.redis_key_prefix,
+            claim_idle: Duration::from_millis(self.coupon_claim_idle_ms),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+        });
+        if self.stock_strategy == StockStrategy::RedisDecr && redis.is_none() {
             return Err(invalid(
                 "SURGE_STOCK_STRATEGY",
                 "redis-decr needs SURGE_REDIS_URL",
             ));
         }
-        Ok(Self {
-            max_waiting_per_item,
-            stock_strategy,
-            coupon_answer_timeout,
-            redis,
-            stock_passivate_after,
-            node_id,
-            order_answer_timeout,
-            flush_tick,
-            max_inflight_orders,
-            reservation_ttl,
-            http_addr,
-            admin_addr,
-            database_url,
+        Ok(Config {
+            http_addr: self.http_addr,
+            admin_addr: self.admin_addr.0,
+            database_url: self.database_url,
             backend,
-            jwt_secret: jwt_secret.map(SecretString::from),
+            jwt_secret,
             bootstrap_admin,
+            node_id: self.node_id,
+            order_answer_timeout: Duration::from_millis(self.order_answer_timeout_ms),
+            flush_tick: Duration::from_millis(self.flush_tick_ms),
+            max_inflight_orders: to_usize(self.max_inflight_orders),
+            reservation_ttl: Duration::from_millis(self.reservation_ttl_ms),
+            stock_passivate_after: Duration::from_millis(self.stock_passivate_ms),
+            max_waiting_per_item: to_usize(self.max_waiting_per_item),
+            stock_strategy: self.stock_strategy,
+            coupon_answer_timeout: Duration::from_millis(self.coupon_answer_timeout_ms),
+            redis,
         })
     }
 }
 
-fn parse_addr(
-    variable: &'static str,
-    value: Option<String>,
-) -> Result<Option<SocketAddr>, ConfigError> {
-    value
-        .map(|v| {
-            v.trim().parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    variable,
-                    format!("'{v}' is not an address like {DEFAULT_HTTP_ADDR}"),
-                )
-            })
-        })
-        .transpose()
+/// A count the parser bounded to at most a million: it fits every `usize`.
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl Config {
+    /// Reads the process environment (as `surge serve` without options does).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup`, so tests can pass their own variables (the
+    /// process environment is not read). Every [`ServeArgs`] argument that has an environment
+    /// name and a value in `lookup` becomes `--option=value`, and the words go through the
+    /// same parser as `surge serve`'s command line.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let command = ServeArgs::augment_args(Command::new("surge serve"));
+        let mut words: Vec<OsString> = vec!["surge serve".into()];
+        for arg in command.get_arguments() {
+            let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                continue;
+            };
+            if let Some(value) = env.to_str().and_then(&lookup) {
+                words.push(format!("--{long}={value}").into());
+            }
+        }
+        // Arguments read their variable when the command is built: forget those values, so
+        // that only `lookup` speaks.
+        let matches = command
+            .mut_args(|arg: Arg| arg.env(None::<&str>))
+            .try_get_matches_from(words)
+            .map_err(|e| {
+                ConfigError::from_clap(&e)
+                    .unwrap_or_else(|| invalid(ANY_VARIABLE, e.kind().to_string()))
+            })?;
+        Self::from_matches(&matches)
+    }
+
+    /// The configuration of parsed `surge serve` words.
+    fn from_matches(matches: &ArgMatches) -> Result<Self, ConfigError> {
+        ServeArgs::from_arg_matches(matches)
+            .map_err(|e| invalid(ANY_VARIABLE, e.kind().to_string()))?
+            .into_config()
+    }
+}
+
+/// `parse`, with a blank value (unset) replaced by `default`.
+fn or_default<T: 'static>(
+    default: &'static str,
+    parse: impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |raw| parse(if raw.trim().is_empty() { default } else { raw })
+}
+
+/// `parse`, with a blank value meaning unset.
+fn optional<T: 'static>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<Unset<T>, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        if raw.trim().is_empty() {
+            Ok(Unset(None))
+        } else {
+            parse(raw).map(|v| Unset(Some(v)))
+        }
+    }
+}
+
+/// A whole number from `min` to `max`.
+fn number(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |raw| {
+        raw.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| format!("must be a whole number from {min} to {max}"))
+    }
+}
+
+fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
+    raw.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("'{raw}' is not an address like {DEFAULT_HTTP_ADDR}"))
+}
+
+fn parse_text(raw: &str) -> Result<String, String> {
+    Ok(raw.to_owned())
+}
+
+fn parse_database_url(raw: &str) -> Result<String, String> {
+    Backend::from_url(raw)
+        .map(|_| raw.to_owned())
+        .map_err(|_| "must start with sqlite:, postgres:// or postgresql://".to_owned())
+}
+
+fn parse_jwt_secret(raw: &str) -> Result<SecretString, String> {
+    let min = surge_http::auth::MIN_JWT_SECRET_BYTES;
+    if raw.len() < min {
+        return Err(format!("must be at least {min} bytes"));
+    }
+    Ok(SecretString::from(raw))
+}
+
+fn parse_login_id(raw: &str) -> Result<LoginId, String> {
+    LoginId::parse(raw).map_err(|e| e.message)
+}
+
+fn parse_password(raw: &str) -> Result<Password, String> {
+    Password::parse(raw).map_err(|e| e.message)
+}
+
+fn parse_stock_strategy(raw: &str) -> Result<StockStrategy, String> {
+    StockStrategy::parse(raw.trim())
+        .ok_or_else(|| "must be actor, row-lock, conditional-update or redis-decr".to_owned())
+}
+
+fn parse_redis_url(raw: &str) -> Result<SecretString, String> {
+    if raw.starts_with("redis://") {
+        Ok(SecretString::from(raw))
+    } else {
+        Err(
+            "must start with redis:// (this build has no TLS; use a local tunnel for rediss)"
+                .to_owned(),
+        )
+    }
+}
+
+fn parse_key_prefix(raw: &str) -> Result<String, String> {
+    if raw.len() > MAX_KEY_PREFIX
+        || !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+    {
+        return Err(format!(
+            "must be 1 to {MAX_KEY_PREFIX} characters of [A-Za-z0-9_.:-]"
+        ));
+    }
+    Ok(raw.to_owned())
 }
 
 #[cfg(test)]
@@ -372,6 +587,70 @@ mod tests {
             let err = config(vars).unwrap_err();
             assert_eq!(err.variable, *variable, "{vars:?}");
         }
+    }
+
+    #[test]
+    fn every_argument_has_a_listed_variable_and_every_variable_an_argument() {
+        let command = ServeArgs::augment_args(Command::new("serve"));
+        let envs: Vec<String> = command
+            .get_arguments()
+            .map(|a| a.get_env().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(envs.len(), VARIABLES.len());
+        for variable in VARIABLES {
+            assert!(envs.iter().any(|e| e == variable), "{variable}");
+        }
+    }
+
+    #[test]
+    fn blank_values_are_unset_and_values_are_trimmed_where_they_were() {
+        let c = config(&[
+            ("SURGE_HTTP_ADDR", " "),
+            ("SURGE_ADMIN_ADDR", ""),
+            ("SURGE_JWT_SECRET", ""),
+            ("SURGE_REDIS_URL", "  "),
+            ("SURGE_FLUSH_TICK_MS", " 5 "),
+            ("SURGE_STOCK_STRATEGY", " row-lock "),
+        ])
+        .unwrap();
+        assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert!(c.admin_addr.is_none() && c.jwt_secret.is_none() && c.redis.is_none());
+        assert_eq!(c.flush_tick, Duration::from_millis(5));
+        assert_eq!(c.stock_strategy, StockStrategy::RowLock);
+    }
+
+    #[test]
+    fn messages_keep_their_wording_and_never_show_a_secret() {
+        let err = config(&[("SURGE_FLUSH_TICK_MS", "2000")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SURGE_FLUSH_TICK_MS: must be a whole number from 0 to 1000"
+        );
+        let err = config(&[("SURGE_JWT_SECRET", "hunter2")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "SURGE_JWT_SECRET: must be at least 32 bytes"
+        );
+        let err = config(&[("SURGE_REDIS_URL", "rediss://:hunter2@host")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // Values that look like options stay values.
+        let err = config(&[("SURGE_NODE_ID", "--help")]);
+        assert_eq!(err.unwrap().node_id, "--help");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let c = config(&[
+            (
+                "SURGE_JWT_SECRET",
+                "0123456789abcdef0123456789abcdef-hunter2",
+            ),
+            ("SURGE_REDIS_URL", "redis://:hunter2@127.0.0.1"),
+            ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "admin"),
+            ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", "hunter2 long enough"),
+        ])
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
     }
 
     #[test]

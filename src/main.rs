@@ -1,31 +1,79 @@
 use std::process::ExitCode;
 
-use surge::{Application, Config, StopHandle, telemetry};
-use surge_bench::{BenchCommand, EXIT_USAGE, LaunchError, Launcher};
-use tokio::task::JoinHandle;
+use clap::{Parser, Subcommand};
+use surge::config::{ConfigError, ServeArgs};
+use surge::{Application, telemetry};
+use surge_bench::{BenchArgs, BenchCommand};
 
-const USAGE: &str = "usage: surge [serve]\n       surge bench <scenario> [options]   (surge bench --help)\n       surge bench compare <scenario> [options]   (surge bench compare --help)\n\nConfiguration comes from SURGE_* environment variables; see README.md.";
+/// A flash-sale e-commerce API built as an actor system.
+///
+/// Configuration comes from SURGE_* environment variables (or the options of `surge serve`);
+/// see README.md.
+#[derive(Debug, Parser)]
+#[command(name = "surge", version)]
+struct Cli {
+    /// What to do [default: serve].
+    #[command(subcommand)]
+    command: Option<Command>,
+}
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        None | Some("serve") => {}
-        Some("bench") => return bench().await,
-        Some("-h" | "--help" | "help") => {
-            eprintln!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Some(other) => {
-            eprintln!("surge: unknown command '{other}'\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
-    let config = match Config::from_env() {
-        Ok(config) => config,
+#[derive(Debug, Subcommand)]
+enum Command {
+    Serve(ServeArgs),
+    Bench(BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let command = match parse(std::env::args_os()) {
+        Ok(command) => command,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("surge: invalid configuration: {e}");
-            return ExitCode::from(2);
+            eprintln!("surge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
+    };
+    match command {
+        Command::Serve(settings) => runtime.block_on(serve(settings)),
+        Command::Bench(args) => ExitCode::from(runtime.block_on(bench(args.into_command()))),
+    }
+}
+
+/// The command the words ask for (`serve` when they name none). A setting `serve` refuses is
+/// one line naming its variable, exit code 2; other trouble with the words, and `--help`, are
+/// clap's to print.
+fn parse(words: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command, ExitCode> {
+    let parsed = Cli::try_parse_from(words).and_then(|cli| match cli.command {
+        Some(command) => Ok(command),
+        None => Cli::try_parse_from(["surge", "serve"]).map(|cli| {
+            cli.command
+                .unwrap_or_else(|| unreachable!("`serve` was given"))
+        }),
+    });
+    parsed.map_err(|e| match ConfigError::from_clap(&e) {
+        Some(config) => config_refused(&config),
+        None => {
+            let _ = e.print();
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+        }
+    })
+}
+
+fn config_refused(error: &ConfigError) -> ExitCode {
+    eprintln!("surge: invalid configuration: {error}");
+    ExitCode::from(2)
+}
+
+/// `surge serve`: until SIGTERM or Ctrl-C.
+async fn serve(settings: ServeArgs) -> ExitCode {
+    let config = match settings.into_config() {
+        Ok(config) => config,
+        Err(e) => return config_refused(&e),
     };
     telemetry::init_logging("info");
     let app = match Application::build(config).await {
@@ -44,76 +92,17 @@ async fn main() -> ExitCode {
     }
 }
 
-/// `surge bench`: against `--url`, or against a node started here for the run; `surge bench
-/// compare`: against a fresh node per stock strategy.
-async fn bench() -> ExitCode {
-    let command = match BenchCommand::parse_words(std::env::args().skip(2)) {
-        Ok(command) => command,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
-        }
-    };
-    let code = match command {
+/// `surge bench`: against `--url`, or against a node of this binary started for the run;
+/// `surge bench compare`: against a fresh node per stock strategy.
+async fn bench(command: BenchCommand) -> u8 {
+    match command {
         BenchCommand::Run(options) => {
             let admin = options.admin_credentials();
             match &options.url {
                 Some(url) => surge_bench::run_and_print(&options, url, admin.as_ref()).await,
-                None => {
-                    quiet_node_logging();
-                    surge_bench::run_embedded(&options, admin, &InProcess).await
-                }
+                None => surge_bench::run_embedded(&options, admin).await,
             }
         }
-        BenchCommand::Compare(options) => {
-            quiet_node_logging();
-            surge_bench::compare_and_print(&options, &InProcess).await
-        }
-    };
-    ExitCode::from(code)
-}
-
-/// The node's info lines would drown the progress bar and the report; RUST_LOG still wins.
-fn quiet_node_logging() {
-    telemetry::init_logging("warn");
-}
-
-/// Starts the nodes of `surge bench` in this process, as `surge serve` would build them.
-#[derive(Debug)]
-struct InProcess;
-
-/// A node [`InProcess`] started: how to stop it, and the task serving it.
-#[derive(Debug)]
-struct Serving {
-    stop: StopHandle,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-impl Launcher for InProcess {
-    type Running = Serving;
-
-    async fn start(
-        &self,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Serving, String), LaunchError> {
-        let config = Config::from_lookup(lookup).map_err(|e| LaunchError::Config(e.to_string()))?;
-        let app = Application::build(config)
-            .await
-            .map_err(|e| LaunchError::Start(e.to_string()))?;
-        let addr = app
-            .local_addr()
-            .map_err(|e| LaunchError::Start(format!("it has no address: {e}")))?;
-        let stop = app.stop_handle();
-        let task = tokio::spawn(app.run_until_stopped());
-        Ok((Serving { stop, task }, format!("http://{addr}")))
-    }
-
-    async fn stop(&self, node: Serving) -> Result<(), String> {
-        node.stop.stop();
-        match node.task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("its task failed: {e}")),
-        }
+        BenchCommand::Compare(options) => surge_bench::compare_and_print(&options).await,
     }
 }

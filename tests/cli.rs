@@ -39,8 +39,26 @@ fn a_bad_setting_stops_the_node_with_exit_code_2_naming_the_variable() {
         !dir.join("surge-data").exists(),
         "nothing is created before the config is valid"
     );
+    // The same parser reads `surge serve`'s options, and never echoes a secret.
+    let out = surge(&dir)
+        .args(["serve", "--jwt-secret", "hunter2-too-short"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("SURGE_JWT_SECRET") && !stderr.contains("hunter2"));
+    let out = surge(&dir)
+        .env("SURGE_STOCK_STRATEGY", "redis-decr")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs SURGE_REDIS_URL"));
     let out = surge(&dir).arg("launch").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    let out = surge(&dir).args(["serve", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SURGE_FLUSH_TICK_MS"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 

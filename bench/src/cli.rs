@@ -3,24 +3,84 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{ArgMatches, Args, Command, FromArgMatches};
 
-use crate::compare::{StockScenario, Strategy};
 use crate::driver::{Extent, Pacing};
 use crate::error::BenchError;
+use crate::node::{ADMIN_LOGIN_ID_VAR, ADMIN_PASSWORD_VAR, REDIS_URL_VAR, Strategy};
 use crate::scenarios::{AdminCredentials, Scenario, ScenarioSize};
 
 /// Attempts of a run that gives neither `--attempts` nor `--duration`.
 pub const DEFAULT_ATTEMPTS: u64 = 10_000;
 /// Offered loads (requests per second) of `--plot` unless `--plot-rates` says otherwise.
 pub const DEFAULT_PLOT_RATES: [f64; 5] = [250.0, 500.0, 1_000.0, 2_000.0, 4_000.0];
-/// The environment variables the admin credentials fall back to (the node's own).
-pub const ADMIN_LOGIN_ID_VAR: &str = "SURGE_BOOTSTRAP_ADMIN_LOGIN_ID";
-pub const ADMIN_PASSWORD_VAR: &str = "SURGE_BOOTSTRAP_ADMIN_PASSWORD";
-/// The node's Redis variable, which `--redis-url` of `compare` falls back to.
-pub const REDIS_URL_VAR: &str = "SURGE_REDIS_URL";
+
+/// `surge bench --help`: what it does.
+const BENCH_ABOUT: &str =
+    "Rehearse a sale against a Surge node and report throughput, latency and invariants";
+const BENCH_LONG_ABOUT: &str = "\
+Rehearse a sale against a Surge node and report throughput, latency and invariants.
+
+Without --url, a node of this binary (`surge serve`) is started as a child process on a fresh \
+temporary SQLite database and stopped afterwards. `surge bench compare --help` describes the \
+comparison of stock strategies. See docs/BENCH.md.";
+/// `surge bench compare --help`: what it does.
+const COMPARE_ABOUT: &str =
+    "Run a scenario once per stock strategy, each on a fresh node of its own";
+const COMPARE_LONG_ABOUT: &str = "\
+Run a scenario once per stock strategy, each against a fresh node of its own on a fresh \
+database, one after another, and set throughput and p99 side by side with the actor path.
+
+Every run gets the same options; only SURGE_STOCK_STRATEGY differs. See docs/BENCH.md.";
 /// The word after `surge bench` that selects the strategy comparison.
-pub const COMPARE_WORD: &str = "compare";
+const COMPARE_WORD: &str = "compare";
+
+/// The `surge bench` subcommand of the `surge` binary: a scenario and its options
+/// ([`BenchOptions`]), or `compare` and its own ([`CompareOptions`]).
+#[derive(Debug, Clone)]
+pub struct BenchArgs(BenchCommand);
+
+impl BenchArgs {
+    /// What the words after `surge bench` ask for.
+    pub fn into_command(self) -> BenchCommand {
+        self.0
+    }
+}
+
+impl FromArgMatches for BenchArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        match matches.subcommand() {
+            Some((COMPARE_WORD, compare)) => {
+                CompareOptions::from_arg_matches(compare).map(BenchCommand::Compare)
+            }
+            _ => BenchOptions::from_arg_matches(matches).map(BenchCommand::Run),
+        }
+        .map(Self)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for BenchArgs {
+    fn augment_args(command: Command) -> Command {
+        let compare = CompareOptions::augment_args(Command::new(COMPARE_WORD))
+            .about(COMPARE_ABOUT)
+            .long_about(COMPARE_LONG_ABOUT);
+        BenchOptions::augment_args(command)
+            .about(BENCH_ABOUT)
+            .long_about(BENCH_LONG_ABOUT)
+            .subcommand(compare)
+            .args_conflicts_with_subcommands(true)
+            .subcommand_negates_reqs(true)
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        Self::augment_args(command)
+    }
+}
 
 /// What the words after `surge bench` ask for.
 #[derive(Debug, Clone)]
@@ -29,20 +89,6 @@ pub enum BenchCommand {
     Run(BenchOptions),
     /// `surge bench compare <scenario> …`: one run per stock strategy, each on a fresh node.
     Compare(CompareOptions),
-}
-
-impl BenchCommand {
-    /// Parses the words after `surge bench`. On `--help` or a bad option clap has the text
-    /// to print and the exit code.
-    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
-        let mut words = words.into_iter().peekable();
-        if words.peek().is_some_and(|w| w == COMPARE_WORD) {
-            words.next();
-            CompareOptions::parse_words(words).map(Self::Compare)
-        } else {
-            BenchOptions::parse_words(words).map(Self::Run)
-        }
-    }
 }
 
 /// The options of one measured run that a single bench and a comparison share: how the load
@@ -126,19 +172,14 @@ impl LoadOptions {
     }
 }
 
-/// Rehearse a sale against a Surge node and report throughput, latency and invariants.
-///
-/// Without --url, an embedded node is started in this process on a fresh temporary SQLite
-/// database and stopped afterwards. `surge bench compare --help` describes the comparison of
-/// stock strategies. See docs/BENCH.md.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "surge bench", version = None)]
+/// The options of `surge bench <scenario>`: one run against one node.
+#[derive(Debug, Clone, Args)]
 pub struct BenchOptions {
     /// What to run.
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The node to drive, e.g. http://127.0.0.1:8080 (default: an embedded node).
+    /// The node to drive, e.g. http://127.0.0.1:8080 (default: a node of its own).
     #[arg(long)]
     pub url: Option<String>,
 
@@ -168,11 +209,6 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    /// Parses the words after `surge bench` (a scenario, not `compare`).
-    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
-        Self::try_parse_from(std::iter::once("surge bench".to_owned()).chain(words))
-    }
-
     /// The ADMIN to log in as: the options, else the node's bootstrap variables.
     pub fn admin_credentials(&self) -> Option<AdminCredentials> {
         let login_id = self
@@ -200,12 +236,8 @@ impl BenchOptions {
     }
 }
 
-/// Run a scenario once per stock strategy, each against a fresh node of its own on a fresh
-/// database, one after another, and set throughput and p99 side by side with the actor path.
-///
-/// Every run gets the same options; only SURGE_STOCK_STRATEGY differs. See docs/BENCH.md.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "surge bench compare", version = None)]
+/// The options of `surge bench compare <scenario>`.
+#[derive(Debug, Clone, Args)]
 pub struct CompareOptions {
     /// What to run (the scenarios that take stock).
     #[arg(value_enum)]
@@ -231,11 +263,6 @@ pub struct CompareOptions {
 }
 
 impl CompareOptions {
-    /// Parses the words after `surge bench compare`.
-    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Self, clap::Error> {
-        Self::try_parse_from(std::iter::once("surge bench compare".to_owned()).chain(words))
-    }
-
     /// `--redis-url`, else `SURGE_REDIS_URL`.
     pub fn redis_url(&self) -> Option<String> {
         self.redis_url.clone().or_else(|| env(REDIS_URL_VAR))
@@ -266,6 +293,25 @@ impl CompareOptions {
             }
         }
         Ok(self.strategies.clone())
+    }
+}
+
+/// The scenarios a comparison can run: those whose requests take stock (the strategies differ
+/// in nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StockScenario {
+    /// One item with `--units`, bought one unit at a time by random members.
+    FlashSale,
+    /// Multi-line orders over `--items` items with ample stock.
+    Orders,
+}
+
+impl StockScenario {
+    pub fn scenario(self) -> Scenario {
+        match self {
+            Self::FlashSale => Scenario::FlashSale,
+            Self::Orders => Scenario::Orders,
+        }
     }
 }
 
@@ -329,12 +375,22 @@ fn parse_redis_url(text: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// The words after `surge bench`, as the `surge` binary parses them.
+    fn command(words: &str) -> Result<BenchCommand, clap::Error> {
+        let matches = BenchArgs::augment_args(Command::new("bench"))
+            .try_get_matches_from(std::iter::once("bench").chain(words.split_whitespace()))?;
+        BenchArgs::from_arg_matches(&matches).map(BenchArgs::into_command)
+    }
+
     fn parse(words: &str) -> Result<BenchOptions, clap::Error> {
-        BenchOptions::parse_words(words.split_whitespace().map(str::to_owned))
+        match command(words)? {
+            BenchCommand::Run(options) => Ok(options),
+            BenchCommand::Compare(options) => panic!("a comparison: {options:?}"),
+        }
     }
 
     fn compare(words: &str) -> CompareOptions {
-        match BenchCommand::parse_words(words.split_whitespace().map(str::to_owned)).unwrap() {
+        match command(words).unwrap() {
             BenchCommand::Compare(options) => options,
             BenchCommand::Run(options) => panic!("not a comparison: {options:?}"),
         }
@@ -387,6 +443,7 @@ mod tests {
             "flash-sale --concurrency 0",
             "flash-sale --users 0",
             "checkout",
+            "",
         ] {
             assert!(parse(words).is_err(), "{words}");
         }
@@ -411,7 +468,7 @@ mod tests {
         assert_eq!((size.units, size.members, size.seed), (7, 3, 9));
         assert!(o.database_url.is_some());
         assert!(matches!(
-            BenchCommand::parse_words(["flash-sale".to_owned()]).unwrap(),
+            command("flash-sale").unwrap(),
             BenchCommand::Run(_)
         ));
     }
@@ -445,10 +502,7 @@ mod tests {
             "compare flash-sale --url http://127.0.0.1:8080",
             "compare flash-sale --plot a.svg",
         ] {
-            assert!(
-                BenchCommand::parse_words(words.split_whitespace().map(str::to_owned)).is_err(),
-                "{words}"
-            );
+            assert!(command(words).is_err(), "{words}");
         }
     }
 }

@@ -3,6 +3,7 @@
 //! throughput and p99 beside the actor path's.
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,75 +11,17 @@ use serde::Serialize;
 
 use crate::cli::CompareOptions;
 use crate::embedded::{
-    EmbeddedNode, LaunchError, Launcher, NodeDatabase, RedisNamespace, ScratchDatabase, with_node,
+    EmbeddedNode, NodeDatabase, RedisNamespace, ScratchDatabase, node_program, with_node,
 };
-use crate::error::BenchError;
+use crate::error::{BenchError, LaunchError};
+use crate::node::Strategy;
 use crate::report::Report;
-use crate::scenarios::Scenario;
 use crate::{EXIT_INVARIANT_FAILED, EXIT_RUN_FAILED, EXIT_USAGE, measure, write_stdout};
 
 /// `flash-sale` and `orders` make no coupon: the coupon quantity of their sizes.
 const NO_COUPONS: u64 = 0;
 /// The table's entry for a strategy whose run never started because of an interruption.
 const NOT_RUN_INTERRUPTED: &str = "interrupted before it started";
-
-/// How order lines take stock: the values of the node's `SURGE_STOCK_STRATEGY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// Surge's design: per-item actors, in-memory allotments, group commit.
-    Actor,
-    /// `SELECT … FOR UPDATE`, then `UPDATE`, one transaction per order line.
-    RowLock,
-    /// `UPDATE … WHERE available >= n`, one transaction per order line.
-    ConditionalUpdate,
-    /// A Lua check-and-decrement in Redis, then the row update (needs Redis).
-    RedisDecr,
-}
-
-impl Strategy {
-    /// Every strategy, in the order a comparison runs them by default: the actor path first,
-    /// so the ratios are read against a figure already on screen.
-    pub const ALL: [Self; 4] = [
-        Self::Actor,
-        Self::RowLock,
-        Self::ConditionalUpdate,
-        Self::RedisDecr,
-    ];
-
-    /// The value of `SURGE_STOCK_STRATEGY`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Actor => "actor",
-            Self::RowLock => "row-lock",
-            Self::ConditionalUpdate => "conditional-update",
-            Self::RedisDecr => "redis-decr",
-        }
-    }
-
-    pub fn needs_redis(self) -> bool {
-        self == Self::RedisDecr
-    }
-}
-
-/// The scenarios a comparison can run: those whose requests take stock (the strategies differ
-/// in nothing else).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StockScenario {
-    /// One item with `--units`, bought one unit at a time by random members.
-    FlashSale,
-    /// Multi-line orders over `--items` items with ample stock.
-    Orders,
-}
-
-impl StockScenario {
-    pub fn scenario(self) -> Scenario {
-        match self {
-            Self::FlashSale => Scenario::FlashSale,
-            Self::Orders => Scenario::Orders,
-        }
-    }
-}
 
 /// A run of a comparison that finished: its strategy and its full report.
 #[derive(Debug, Clone, Serialize)]
@@ -262,7 +205,7 @@ fn times(ratio: Option<f64>) -> String {
 /// then the table, or the whole comparison as one JSON object with `--json`, and returns the
 /// exit code: [`Comparison::exit_code`], or [`EXIT_USAGE`] for options or node settings no
 /// run can be made with.
-pub async fn compare_and_print<L: Launcher>(options: &CompareOptions, launcher: &L) -> u8 {
+pub async fn compare_and_print(options: &CompareOptions) -> u8 {
     let strategies = match options.strategies() {
         Ok(strategies) => strategies,
         Err(e) => {
@@ -276,6 +219,13 @@ pub async fn compare_and_print<L: Launcher>(options: &CompareOptions, launcher: 
         "postgres"
     } else {
         "sqlite"
+    };
+    let program = match node_program() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("surge bench compare: {e}");
+            return EXIT_RUN_FAILED;
+        }
     };
     let interrupted = watch_interrupt();
     let mut outcomes = Vec::with_capacity(strategies.len());
@@ -292,7 +242,7 @@ pub async fn compare_and_print<L: Launcher>(options: &CompareOptions, launcher: 
                 strategies.len()
             );
         }
-        let outcome = match run_strategy(options, strategy, redis.as_deref(), launcher).await {
+        let outcome = match run_strategy(options, strategy, redis.as_deref(), &program).await {
             Err(BenchError::Launch(e @ LaunchError::Config(_))) => {
                 eprintln!("surge bench compare: {e}");
                 return EXIT_USAGE;
@@ -356,11 +306,11 @@ fn watch_interrupt() -> Arc<AtomicBool> {
 /// One strategy's run: a fresh database (a temporary SQLite directory or a scratch PostgreSQL
 /// database), a node on it with `strategy` (and a fresh Redis namespace when Redis is known),
 /// the measured run against it, then the node stopped and its data removed.
-async fn run_strategy<L: Launcher>(
+async fn run_strategy(
     options: &CompareOptions,
     strategy: Strategy,
     redis: Option<&str>,
-    launcher: &L,
+    program: &Path,
 ) -> Result<Report, BenchError> {
     let database = match &options.database_url {
         None => NodeDatabase::sqlite(),
@@ -370,7 +320,7 @@ async fn run_strategy<L: Launcher>(
         EmbeddedNode::on(database, None).with_strategy(strategy, redis.map(RedisNamespace::fresh));
     let scenario = options.scenario.scenario();
     let size = options.load.size(NO_COUPONS);
-    with_node(launcher, &node, async |url, admin| {
+    with_node(program, &node, async |url, admin| {
         measure(url, scenario, &options.load, &size, Some(admin), None).await
     })
     .await?

@@ -1,21 +1,27 @@
 //! The nodes `surge bench` starts itself: one when it is given no `--url`, and one per stock
 //! strategy for `surge bench compare`.
 //!
-//! The `surge` binary builds and runs them through [`Launcher`] (this crate cannot depend on
-//! the node's crate, which depends on it); this module decides what differs from `surge serve`:
-//! a fresh database (a temporary SQLite directory, or a scratch PostgreSQL database), a loopback
-//! port chosen by the system, a known ADMIN and, for a comparison, the stock strategy and a
-//! fresh Redis key prefix. It also removes that data again once the node has stopped.
+//! Each is a child process of this same binary, `surge serve`, with the `SURGE_*` variables of
+//! this process except those this module decides: a fresh database (a temporary SQLite file,
+//! or a scratch PostgreSQL database), a free loopback port, no operators' listener, a known
+//! ADMIN and, for a comparison, the stock strategy and a fresh Redis key prefix. The bench
+//! waits for `GET /health/ready`, runs, stops the node with SIGTERM (SIGKILL if it has not
+//! stopped after [`STOP_TIMEOUT`]) and removes its data. The node's output goes to `node.log`
+//! in its temporary directory, deleted with it, unless `RUST_LOG` is set: then it is left on
+//! this process's stderr.
 
-use std::future::Future;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use sqlx::Connection as _;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
-use crate::cli::{ADMIN_LOGIN_ID_VAR, ADMIN_PASSWORD_VAR};
-use crate::compare::Strategy;
-use crate::error::BenchError;
+use crate::api::Api;
+use crate::error::{BenchError, LaunchError};
+use crate::node::{ADMIN_LOGIN_ID_VAR, ADMIN_PASSWORD_VAR, Strategy};
 use crate::scenarios::AdminCredentials;
 
 /// The ADMIN login id of an embedded node when none is given.
@@ -30,42 +36,37 @@ pub const SCRATCH_REDIS_PREFIX: &str = "surge-bench-";
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keys asked for per Redis `SCAN` step when a prefix is deleted.
 const SCAN_BATCH: usize = 1_000;
-
-/// Starts and stops nodes inside this process. The `surge` binary implements it with
-/// `surge::Application`.
-pub trait Launcher {
-    /// A node that is serving.
-    type Running;
-
-    /// Builds a node whose `SURGE_*` settings `lookup` gives (`None`: unset), starts serving
-    /// and returns it with its base URL (`http://127.0.0.1:<port>`).
-    fn start(
-        &self,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> impl Future<Output = Result<(Self::Running, String), LaunchError>>;
-
-    /// Stops the node and waits until it has (in-flight requests finished, database closed);
-    /// the error says what went wrong while it served or stopped.
-    fn stop(&self, node: Self::Running) -> impl Future<Output = Result<(), String>>;
-}
-
-/// Why an embedded node did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
-    /// A setting (from the environment, usually) the node refuses; the same for every node.
-    #[error("invalid configuration for the embedded node: {0}")]
-    Config(String),
-    /// The node could not open its database, bind its port, reach Redis, ….
-    #[error("the embedded node could not start: {0}")]
-    Start(String),
-}
+/// The longest wait for a started node to answer `GET /health/ready` (it migrates its
+/// database and, on PostgreSQL, recovers the previous run first).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node may take to stop after SIGTERM (finishing in-flight requests, flushing)
+/// before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a starting node is asked whether it is ready.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Attempts at starting a node when another process took its port first.
+const PORT_ATTEMPTS: usize = 3;
+/// The node's settings this module decides (besides `SURGE_HTTP_ADDR`); see
+/// [`EmbeddedNode::setting`].
+const DECIDED: [&str; 8] = [
+    "SURGE_DATABASE_URL",
+    "SURGE_JWT_SECRET",
+    "SURGE_ADMIN_ADDR",
+    "SURGE_STOCK_STRATEGY",
+    "SURGE_REDIS_URL",
+    "SURGE_REDIS_KEY_PREFIX",
+    ADMIN_LOGIN_ID_VAR,
+    ADMIN_PASSWORD_VAR,
+];
+/// The name of the node's log in its directory.
+const LOG_FILE: &str = "node.log";
 
 /// The database of an embedded node.
 #[derive(Debug)]
 pub enum NodeDatabase {
-    /// A new directory under the system's temporary directory holding the SQLite file and the
-    /// signing key the node generates; removed afterwards.
-    Sqlite { data_dir: PathBuf },
+    /// A SQLite file in the node's temporary directory, next to the signing key the node
+    /// generates; removed with it.
+    Sqlite,
     /// A scratch database on a PostgreSQL server, dropped afterwards. Such a node needs a
     /// signing key from outside: a random one, made for this node alone.
     Postgres {
@@ -75,12 +76,9 @@ pub enum NodeDatabase {
 }
 
 impl NodeDatabase {
-    /// A fresh temporary SQLite directory (the node creates it).
+    /// A fresh SQLite file in the node's directory.
     pub fn sqlite() -> Self {
-        let unique = uuid::Uuid::new_v4().simple();
-        Self::Sqlite {
-            data_dir: std::env::temp_dir().join(format!("surge-bench-{unique}")),
-        }
+        Self::Sqlite
     }
 
     /// `database` with a random signing key: two v4 UUIDs, 64 hex digits carrying 244 random
@@ -100,7 +98,7 @@ impl NodeDatabase {
     /// `sqlite` or `postgres`, for reports.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Sqlite { .. } => "sqlite",
+            Self::Sqlite => "sqlite",
             Self::Postgres { .. } => "postgres",
         }
     }
@@ -240,6 +238,9 @@ impl RedisNamespace {
 /// The plan of an embedded node.
 #[derive(Debug)]
 pub struct EmbeddedNode {
+    /// A new directory under the system's temporary directory, holding the node's log and,
+    /// on SQLite, its database; removed afterwards.
+    pub dir: PathBuf,
     pub database: NodeDatabase,
     /// The given ADMIN, or [`DEFAULT_ADMIN_LOGIN_ID`] with a random password.
     pub admin: AdminCredentials,
@@ -262,7 +263,9 @@ impl EmbeddedNode {
             login_id: DEFAULT_ADMIN_LOGIN_ID.to_owned(),
             password: uuid::Uuid::new_v4().simple().to_string(),
         });
+        let unique = uuid::Uuid::new_v4().simple();
         Self {
+            dir: std::env::temp_dir().join(format!("surge-bench-{unique}")),
             database,
             admin,
             stock_strategy: None,
@@ -280,18 +283,15 @@ impl EmbeddedNode {
     /// The value of node setting `name` where it differs from `surge serve`; `None` means
     /// "as the environment says" (so `SURGE_FLUSH_TICK_MS` and the like still apply), and an
     /// empty value means unset. `SURGE_ADMIN_ADDR` is always unset: a fixed operators' port
-    /// could collide.
+    /// could collide. (`SURGE_HTTP_ADDR` is a free port chosen at each start.)
     pub fn setting(&self, name: &str) -> Option<String> {
         match name {
-            "SURGE_HTTP_ADDR" => Some("127.0.0.1:0".to_owned()),
             "SURGE_DATABASE_URL" => Some(match &self.database {
-                NodeDatabase::Sqlite { data_dir } => {
-                    format!("sqlite://{}/surge.db", data_dir.display())
-                }
+                NodeDatabase::Sqlite => format!("sqlite://{}/surge.db", self.dir.display()),
                 NodeDatabase::Postgres { database, .. } => database.url(),
             }),
             "SURGE_JWT_SECRET" => match &self.database {
-                NodeDatabase::Sqlite { .. } => None,
+                NodeDatabase::Sqlite => None,
                 NodeDatabase::Postgres { jwt_secret, .. } => Some(jwt_secret.clone()),
             },
             "SURGE_ADMIN_ADDR" => Some(String::new()),
@@ -304,42 +304,266 @@ impl EmbeddedNode {
         }
     }
 
-    /// Removes what the node stored (call after it stopped): its SQLite directory or its
-    /// scratch database, and its Redis keys. Every step is tried; the first failure is
-    /// returned.
+    /// Removes what the node stored (call after it stopped): its directory, its scratch
+    /// database, and its Redis keys. Every step is tried; the first failure is returned.
     pub async fn discard(&self) -> Result<(), BenchError> {
+        let dir = match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BenchError::Scratch {
+                what: format!("removing {}", self.dir.display()),
+                detail: e.to_string(),
+            }),
+            _ => Ok(()),
+        };
         let database = match &self.database {
-            NodeDatabase::Sqlite { data_dir } => match std::fs::remove_dir_all(data_dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BenchError::Scratch {
-                    what: format!("removing {}", data_dir.display()),
-                    detail: e.to_string(),
-                }),
-                _ => Ok(()),
-            },
+            NodeDatabase::Sqlite => Ok(()),
             NodeDatabase::Postgres { database, .. } => database.drop_database().await,
         };
         let redis = match &self.redis {
             Some(namespace) => namespace.delete_keys().await,
             None => Ok(()),
         };
-        database.and(redis)
+        dir.and(database).and(redis)
+    }
+
+    /// Starts the node: `program serve` with this plan's settings on a free loopback port,
+    /// its output in [`LOG_FILE`] (unless `RUST_LOG` is set), and waits until it is ready.
+    /// A node that lost its port to another process before binding it is started again on
+    /// another.
+    async fn start(&self, program: &Path) -> Result<RunningNode, LaunchError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| LaunchError::Start(format!("creating {}: {e}", self.dir.display())))?;
+        let mut attempt = 1;
+        loop {
+            match self.start_once(program).await {
+                Err(Started::PortTaken(_)) if attempt < PORT_ATTEMPTS => attempt += 1,
+                Err(Started::PortTaken(detail)) => return Err(LaunchError::Start(detail)),
+                Err(Started::Failed(e)) => return Err(e),
+                Ok(node) => return Ok(node),
+            }
+        }
+    }
+
+    async fn start_once(&self, program: &Path) -> Result<RunningNode, Started> {
+        let port =
+            free_port().map_err(|e| LaunchError::Start(format!("finding a free port: {e}")))?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let mut command = Command::new(program);
+        command
+            .arg("serve")
+            .env("SURGE_HTTP_ADDR", addr.to_string())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for name in DECIDED {
+            match self.setting(name) {
+                Some(value) if value.is_empty() => {
+                    command.env_remove(name);
+                }
+                Some(value) => {
+                    command.env(name, value);
+                }
+                None => {}
+            }
+        }
+        let log = self.dir.join(LOG_FILE);
+        let logged = std::env::var_os("RUST_LOG").is_none();
+        if logged {
+            let file = std::fs::File::create(&log)
+                .map_err(|e| LaunchError::Start(format!("creating {}: {e}", log.display())))?;
+            let copy = file
+                .try_clone()
+                .map_err(|e| LaunchError::Start(format!("opening {}: {e}", log.display())))?;
+            command.stdout(file).stderr(copy);
+        } else {
+            command.stdout(Stdio::null());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| LaunchError::Start(format!("running {} serve: {e}", program.display())))?;
+        let url = format!("http://{addr}");
+        let api = Api::new(&url).map_err(|e| LaunchError::Start(e.to_string()))?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| LaunchError::Start(format!("watching the node: {e}")))?
+            {
+                let said = if logged {
+                    last_lines(&log)
+                } else {
+                    "its log is above".to_owned()
+                };
+                return Err(exited_early(status, said));
+            }
+            if api.ready().await.is_ok() {
+                return Ok(RunningNode { child, url });
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill().await;
+                return Err(Started::Failed(LaunchError::Start(format!(
+                    "not ready within {START_TIMEOUT:?}"
+                ))));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
     }
 }
 
-/// Starts `node` through `launcher`, runs `work` against its URL with its ADMIN, stops it and
+/// Why one attempt at starting a node failed.
+#[derive(Debug)]
+enum Started {
+    /// Another process bound the chosen port first: worth another attempt.
+    PortTaken(String),
+    Failed(LaunchError),
+}
+
+impl From<LaunchError> for Started {
+    fn from(e: LaunchError) -> Self {
+        Self::Failed(e)
+    }
+}
+
+/// What a node that exited before it was ready said: exit code 2 is a setting it refused
+/// (its one line says which), anything else a failure to start.
+fn exited_early(status: ExitStatus, said: String) -> Started {
+    if status.code() == Some(2) {
+        let line = said.lines().last().unwrap_or_default();
+        let line = line.strip_prefix("surge: ").unwrap_or(line);
+        let line = line.strip_prefix("invalid configuration: ").unwrap_or(line);
+        return Started::Failed(LaunchError::Config(line.to_owned()));
+    }
+    let detail = format!("it exited ({status}): {said}");
+    if said.contains("Address already in use") || said.contains("address in use") {
+        Started::PortTaken(detail)
+    } else {
+        Started::Failed(LaunchError::Start(detail))
+    }
+}
+
+/// The last few lines of a node's log, on one line.
+fn last_lines(log: &Path) -> String {
+    const LINES: usize = 3;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "it wrote nothing".to_owned();
+    }
+    lines[lines.len().saturating_sub(LINES)..].join(" / ")
+}
+
+/// A loopback port that was free a moment ago: bound, read and released. Another process
+/// could take it before the node binds it; [`EmbeddedNode::start`] tries again then.
+fn free_port() -> std::io::Result<u16> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A node that answered ready: its process and its base URL.
+#[derive(Debug)]
+struct RunningNode {
+    child: Child,
+    url: String,
+}
+
+impl RunningNode {
+    /// SIGTERM, then waits for the node to stop (in-flight requests finished, database
+    /// closed); SIGKILL after [`STOP_TIMEOUT`]. The error says what went wrong.
+    async fn stop(mut self) -> Result<(), String> {
+        terminate(&self.child);
+        match tokio::time::timeout(STOP_TIMEOUT, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(format!("it exited with {status}")),
+            Ok(Err(e)) => Err(format!("waiting for it: {e}")),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(format!(
+                    "it did not stop within {STOP_TIMEOUT:?} and was killed"
+                ))
+            }
+        }
+    }
+}
+
+/// Asks the node to stop: SIGTERM on Unix, a kill elsewhere.
+fn terminate(child: &Child) {
+    #[cfg(unix)]
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = child.start_kill();
+}
+
+/// Until dropped: SIGINT or SIGTERM to this process is passed on to the node as SIGTERM, so
+/// an interrupted bench does not leave it running (the run then fails fast and the node's
+/// data is removed as usual).
+struct ForwardStop(tokio::task::JoinHandle<()>);
+
+impl ForwardStop {
+    fn new(child: &Child) -> Self {
+        let pid = child.id();
+        Self(tokio::spawn(async move {
+            let ctrl_c = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            #[cfg(unix)]
+            let term = async {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let term = std::future::pending::<()>();
+            tokio::select! {
+                () = ctrl_c => {}
+                () = term => {}
+            }
+            #[cfg(unix)]
+            if let Some(pid) = pid.and_then(|id| i32::try_from(id).ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            #[cfg(not(unix))]
+            let _ = pid;
+        }))
+    }
+}
+
+impl Drop for ForwardStop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The program bench nodes run: this very binary (`surge`), as `surge serve`.
+pub fn node_program() -> Result<PathBuf, LaunchError> {
+    std::env::current_exe()
+        .map_err(|e| LaunchError::Start(format!("finding this program to run as the node: {e}")))
+}
+
+/// Starts `node` as `program serve`, runs `work` against its URL with its ADMIN, stops it and
 /// discards its data, whatever `work` found. Trouble stopping or cleaning up is reported on
 /// stderr rather than returned: the run's result stands.
-pub async fn with_node<L: Launcher, T>(
-    launcher: &L,
+pub async fn with_node<T>(
+    program: &Path,
     node: &EmbeddedNode,
     work: impl AsyncFnOnce(&str, &AdminCredentials) -> T,
 ) -> Result<T, LaunchError> {
-    let lookup = |name: &str| node.setting(name).or_else(|| std::env::var(name).ok());
-    let outcome = match launcher.start(&lookup).await {
-        Ok((running, url)) => {
-            let found = work(&url, &node.admin).await;
-            if let Err(e) = launcher.stop(running).await {
-                eprintln!("surge bench: the embedded node stopped with an error: {e}");
+    let outcome = match node.start(program).await {
+        Ok(running) => {
+            let forward = ForwardStop::new(&running.child);
+            let found = work(&running.url, &node.admin).await;
+            drop(forward);
+            if let Err(e) = running.stop().await {
+                eprintln!("surge bench: the bench's node stopped with an error: {e}");
             }
             Ok(found)
         }
@@ -357,10 +581,7 @@ mod tests {
     use super::*;
 
     fn data_dir(node: &EmbeddedNode) -> &PathBuf {
-        match &node.database {
-            NodeDatabase::Sqlite { data_dir } => data_dir,
-            NodeDatabase::Postgres { .. } => panic!("not SQLite"),
-        }
+        &node.dir
     }
 
     #[test]
@@ -370,10 +591,17 @@ mod tests {
         assert_ne!(data_dir(&a), data_dir(&b));
         assert_ne!(a.admin.password, b.admin.password);
         assert_eq!(a.admin.login_id, DEFAULT_ADMIN_LOGIN_ID);
-        assert_eq!(a.setting("SURGE_HTTP_ADDR").as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(
+            a.setting("SURGE_HTTP_ADDR"),
+            None,
+            "a free port, chosen at start"
+        );
+        assert_eq!(a.setting("SURGE_ADMIN_ADDR").as_deref(), Some(""));
         assert!(
             a.setting("SURGE_DATABASE_URL")
-                .is_some_and(|u| u.starts_with("sqlite://") && u.contains("surge-bench-"))
+                .is_some_and(|u| u.starts_with("sqlite://")
+                    && u.contains("surge-bench-")
+                    && u.ends_with("/surge.db"))
         );
         assert_eq!(a.setting("SURGE_FLUSH_TICK_MS"), None);
         // Not a comparison: the strategy, Redis and the signing key are the environment's.
@@ -439,6 +667,29 @@ mod tests {
         assert!(key.len() >= 32, "{key}");
         assert_ne!(Some(key), b.setting("SURGE_JWT_SECRET"));
         assert_eq!(a.database.kind(), "postgres");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_node_that_exits_early_says_why() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let refused = exited_early(
+            ExitStatus::from_raw(2 << 8),
+            "surge: invalid configuration: SURGE_FLUSH_TICK_MS: must be a whole number".into(),
+        );
+        assert!(
+            matches!(&refused, Started::Failed(LaunchError::Config(m))
+                if m == "SURGE_FLUSH_TICK_MS: must be a whole number"),
+            "{refused:?}"
+        );
+        let taken = exited_early(
+            ExitStatus::from_raw(1 << 8),
+            "surge could not start: Address already in use (os error 98)".into(),
+        );
+        assert!(matches!(taken, Started::PortTaken(_)), "{taken:?}");
+        let other = exited_early(ExitStatus::from_raw(1 << 8), "disk full".into());
+        assert!(matches!(other, Started::Failed(LaunchError::Start(_))));
+        assert!(free_port().unwrap() > 0);
     }
 
     #[test]

@@ -26,12 +26,23 @@ pub enum BenchError {
     /// A comparison's scratch database or Redis keys could not be made or removed.
     #[error("{what}: {detail}")]
     Scratch { what: String, detail: String },
-    /// The embedded node did not start.
+    /// The bench's own node did not start.
     #[error(transparent)]
-    Launch(#[from] crate::embedded::LaunchError),
+    Launch(#[from] LaunchError),
     /// The plot could not be drawn or written.
     #[error("writing the plot {path}: {detail}")]
     Plot { path: String, detail: String },
+}
+
+/// Why a node the bench starts itself did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A setting (from the environment, usually) the node refuses; the same for every node.
+    #[error("invalid configuration for the bench's node: {0}")]
+    Config(String),
+    /// The node could not be started, open its database, bind its port, reach Redis, ….
+    #[error("the bench's node could not start: {0}")]
+    Start(String),
 }
 
 /// An error and its causes on one line: reqwest's own message ("error sending request") says

@@ -4,8 +4,8 @@
 //! The parts: [`BenchCommand`] (the command line), the scenarios (what is created before the
 //! run and what one attempt sends), the driver (closed or open loop), the report, and
 //! [`run_scenario`], the one measured run that `--plot` repeats per offered load and that
-//! `surge bench compare` repeats per stock strategy, each time on a fresh node started through
-//! a [`Launcher`].
+//! `surge bench compare` repeats per stock strategy, each time on a fresh node: a child process
+//! of this same binary running `surge serve` (see [`EmbeddedNode`]).
 
 mod api;
 mod cli;
@@ -15,6 +15,7 @@ mod driver;
 mod embedded;
 mod error;
 mod invariants;
+mod node;
 mod plot;
 mod progress;
 mod report;
@@ -30,15 +31,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use api::Api;
-pub use cli::{BenchCommand, BenchOptions, CompareOptions, LoadOptions};
-pub use compare::{Comparison, Row, StockScenario, Strategy, StrategyRun, compare_and_print};
+pub use cli::{BenchArgs, BenchCommand, BenchOptions, CompareOptions, LoadOptions, StockScenario};
+pub use compare::{Comparison, Row, StrategyRun, compare_and_print};
 pub use driver::{Extent, Measurement, Pacing};
 pub use embedded::{
-    DEFAULT_ADMIN_LOGIN_ID, EmbeddedNode, LaunchError, Launcher, NodeDatabase, RedisNamespace,
-    ScratchDatabase, with_node,
+    DEFAULT_ADMIN_LOGIN_ID, EmbeddedNode, NodeDatabase, RedisNamespace, ScratchDatabase,
+    node_program, with_node,
 };
-pub use error::BenchError;
+pub use error::{BenchError, LaunchError};
 pub use invariants::InvariantCheck;
+pub use node::Strategy;
 pub use progress::Progress;
 pub use report::{Ceiling, LoadStep, Report};
 pub use scenarios::{AdminCredentials, Cast, Scenario, ScenarioSize};
@@ -86,16 +88,19 @@ pub async fn run_and_print(
     }
 }
 
-/// Starts a node on a fresh temporary SQLite database through `launcher`, runs
-/// [`run_and_print`] against it, stops it and deletes its data. `admin` becomes the node's
-/// bootstrap ADMIN (a generated one when `None`).
-pub async fn run_embedded<L: Launcher>(
-    options: &BenchOptions,
-    admin: Option<AdminCredentials>,
-    launcher: &L,
-) -> u8 {
+/// Starts a node of this binary on a fresh temporary SQLite database, runs [`run_and_print`]
+/// against it, stops it and deletes its data. `admin` becomes the node's bootstrap ADMIN (a
+/// generated one when `None`).
+pub async fn run_embedded(options: &BenchOptions, admin: Option<AdminCredentials>) -> u8 {
+    let program = match node_program() {
+        Ok(program) => program,
+        Err(e) => {
+            eprintln!("surge bench: {e}");
+            return EXIT_RUN_FAILED;
+        }
+    };
     let node = EmbeddedNode::plan(admin);
-    let ran = with_node(launcher, &node, async |url, admin| {
+    let ran = with_node(&program, &node, async |url, admin| {
         run_and_print(options, url, Some(admin)).await
     })
     .await;

@@ -1,12 +1,63 @@
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Executor};
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, SqlStr};
 
 use crate::PersistenceError;
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// One migration of one dialect, rendered by `build.rs` from `migrations/*.sql`.
+#[derive(Debug)]
+struct EmbeddedMigration {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+}
+
+// SQLITE_MIGRATIONS and POSTGRES_MIGRATIONS.
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// The migrations of a back end, as sqlx's migrator takes them: the same version, description,
+/// text (so the same checksum) and transaction mode as `sqlx::migrate!` would read from a
+/// folder of the rendered files.
+#[derive(Debug, Clone, Copy)]
+struct EmbeddedMigrations(Backend);
+
+impl EmbeddedMigrations {
+    fn list(self) -> &'static [EmbeddedMigration] {
+        match self.0 {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        }
+    }
+
+    fn migrations(self) -> Vec<Migration> {
+        self.list()
+            .iter()
+            .map(|m| {
+                Migration::new(
+                    m.version,
+                    Cow::Borrowed(m.description),
+                    MigrationType::Simple,
+                    SqlStr::from_static(m.sql),
+                    m.sql.starts_with("-- no-transaction"),
+                )
+            })
+            .collect()
+    }
+}
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, BoxDynError>> + Send + 'static>> {
+        Box::pin(std::future::ready(Ok(self.migrations())))
+    }
+}
 
 /// Which SQL server is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,11 +152,10 @@ impl Database {
             })
             .connect(&url)
             .await?;
-        let migrator = match backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run(&pool).await?;
+        Migrator::new(EmbeddedMigrations(backend))
+            .await?
+            .run(&pool)
+            .await?;
         Ok(Self { pool, backend })
     }
 
@@ -202,6 +252,64 @@ mod tests {
             Some(Backend::Postgres)
         );
         assert!(Backend::from_url("mongodb://x").is_err());
+    }
+
+    /// SHA-384 of every migration as a database that applied it recorded it (the files of
+    /// the former `migrations/sqlite/` and `migrations/postgres/` folders). A rendered
+    /// migration that no longer matches would stop every node on such a database.
+    const APPLIED_CHECKSUMS: [(Backend, &[&str]); 2] = [
+        (
+            Backend::Sqlite,
+            &[
+                "184de8bbba08e756eb8c72e73e99d0ff8f0ca66c468f777043976a6fe44d365a9fd2b1bf852cbf6cb8b653a092d6441a",
+                "e32ca5bc9e36d01b2186dc386122b0be39480906fcd3a8422bb7e5b03a5eb0aff22614549a78e93d4e5076cbf1312c56",
+                "912bd171c02faa9856418d9b44b66686eb57b6b6620b97b6a37061e6e513b091aa9b30603b72f7544628980e8330690a",
+            ],
+        ),
+        (
+            Backend::Postgres,
+            &[
+                "87394f21d6f81b2cbbbfc061f19a0e0085c88b6291806e765b7fd3fc237db3aa560256781eabc509a744ca03db0312f1",
+                "db02ed6ea2d1d9c4916b8aaee0670cae960df3585a6ec2cef86ff958a0a60f32c0d97051a5fdc520c604423b742ea513",
+                "21faaeae4d4cb401eeef46571b39832a654595a4d20eaf10d56351299c4eff67dc88bd8f769c2031fb8df8e8ace48318",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn applied_migrations_keep_their_checksums() {
+        for (backend, expected) in APPLIED_CHECKSUMS {
+            let migrations = EmbeddedMigrations(backend).migrations();
+            assert!(migrations.len() >= expected.len(), "{backend:?}");
+            for (migration, checksum) in migrations.iter().zip(expected) {
+                let hex: String = migration
+                    .checksum
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                assert_eq!(&hex, checksum, "{backend:?} {}", migration.version);
+            }
+        }
+    }
+
+    #[test]
+    fn every_dialect_has_the_same_versions_in_order_and_no_marker_left() {
+        let versions = |backend| {
+            EmbeddedMigrations(backend)
+                .list()
+                .iter()
+                .map(|m| (m.version, m.description))
+                .collect::<Vec<_>>()
+        };
+        let sqlite = versions(Backend::Sqlite);
+        assert_eq!(sqlite, versions(Backend::Postgres));
+        assert!(sqlite.windows(2).all(|w| w[0].0 < w[1].0), "{sqlite:?}");
+        assert_eq!(sqlite[0], (1, "members and items"));
+        for backend in [Backend::Sqlite, Backend::Postgres] {
+            for m in EmbeddedMigrations(backend).list() {
+                assert!(!m.sql.contains("{{"), "{backend:?} {}", m.version);
+            }
+        }
     }
 
     #[test]

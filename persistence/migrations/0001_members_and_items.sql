@@ -3,7 +3,7 @@
 -- store, compare and order them the same way.
 
 CREATE TABLE users (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            {{identity_type:7}} {{identity_key}},
     login_id      TEXT    NOT NULL UNIQUE,
     password_hash TEXT    NOT NULL,
     name          TEXT    NOT NULL,
@@ -34,7 +34,7 @@ CREATE TABLE refresh_tokens (
 CREATE INDEX refresh_tokens_session ON refresh_tokens (session_id);
 
 CREATE TABLE items (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         {{identity_type:7}} {{identity_key}},
     name       TEXT    NOT NULL,
     price      BIGINT  NOT NULL CHECK (price >= 0),
     available  BIGINT  NOT NULL CHECK (available >= 0),

@@ -55,7 +55,7 @@ CREATE INDEX reservations_item ON reservations (item_id, status);
 
 -- Events written in the same transaction as the change they describe, relayed later.
 CREATE TABLE outbox (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    id           {{identity_type}} {{identity_key}},
     topic        TEXT   NOT NULL,
     event_key    TEXT   NOT NULL,
     payload      TEXT   NOT NULL,
