@@ -216,7 +216,7 @@ pub struct ServeArgs {
     pub order_answer_timeout_ms: u64,
 
     /// How long the group-commit writer lingers for companions.
-    #[arg(long, env = "SURGE_FLUSH_TICK_MS", default_value = "1",
+    #[arg(long, env = "SURGE_FLUSH_TICK_MS", default_value = "0",
           value_parser = or_default("1", number(0, 1_000)))]
     pub flush_tick_ms: u64,
 

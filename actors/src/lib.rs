@@ -1,8 +1,8 @@
 //! The actors of a Surge node, one folder per feature:
 //!
 //! - [`stock`]: one [`StockActor`](stock::StockActor) per item serializes its sales in memory
-//!   and makes them durable in fenced batches (no oversell);
-//! - [`orders`]: one saga per order, all or nothing over its lines, compensating on failure;
+//!   as holds under its epoch; an order's own write takes the units, fenced (no oversell);
+//! - [`orders`]: one saga per order: hold every line, write the order once, all or nothing;
 //! - [`coupons`]: one actor per live coupon, first come first served (never twice, never past
 //!   its quantity).
 

@@ -45,9 +45,9 @@ pub enum Write {
 /// Tuning of the committer.
 #[derive(Debug, Clone)]
 pub struct CommitterConfig {
-    /// Longest a write waits for companions once the writer is idle. Under load the writer is
-    /// never idle (the next batch fills while the current one commits), so this only adds
-    /// latency at low load; it trades a little of it for fewer fsyncs.
+    /// Longest a write waits for companions once the writer is idle. Zero by default: under
+    /// load the next batch fills while the current one commits, so lingering only adds latency
+    /// (it was measured at ~1.8 ms per order under load).
     pub linger: Duration,
     /// Most writes in one transaction; a full batch commits at once.
     pub max_batch: usize,
@@ -80,7 +80,7 @@ impl Faults {
 impl Default for CommitterConfig {
     fn default() -> Self {
         Self {
-            linger: Duration::from_millis(1),
+            linger: Duration::ZERO,
             max_batch: 512,
             queue_capacity: 16_384,
             #[cfg(test)]

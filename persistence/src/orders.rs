@@ -1,8 +1,8 @@
 //! Order rows: an order, its lines, its idempotency claim and its outbox event, and the
 //! transitions of [`OrderStatus`] as conditional updates (`… WHERE status = <from>`), so a
 //! transition happens at most once however many writers try it. Units of stock are never
-//! touched here directly: every fenced stock statement (reserve, confirm, release) lives in
-//! [`crate::stock`]; this module calls them inside the same transaction.
+//! touched here directly: every fenced stock statement (take from an allotment, confirm,
+//! release) lives in [`crate::stock`]; new orders are written by [`crate::placement`].
 //!
 //! Everything here runs inside a group-commit transaction (see [`crate::committer`]), except
 //! the reads at the bottom.

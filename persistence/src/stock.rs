@@ -50,12 +50,8 @@ impl ReservationStatus {
 pub struct AllotmentClaim {
     /// The owner's epoch; every later write of this actor names it.
     pub epoch: i64,
-    /// Item name.
-    pub name: String,
     /// Unit price.
     pub price: i64,
-    /// Units in the item row that no actor holds.
-    pub available: i64,
 }
 
 impl Database {
@@ -71,12 +67,11 @@ impl Database {
     ) -> Result<Option<AllotmentClaim>, PersistenceError> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
-        let item: Option<(String, i64)> =
-            sqlx::query_as("SELECT name, price FROM items WHERE id = $1")
-                .bind(item_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((name, price)) = item else {
+        let item: Option<(i64,)> = sqlx::query_as("SELECT price FROM items WHERE id = $1")
+            .bind(item_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((price,)) = item else {
             return Ok(None);
         };
         // Lock the allotment row before reading its units: an order being written under the
@@ -105,16 +100,10 @@ impl Database {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
-            .bind(item_id)
-            .fetch_one(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(Some(AllotmentClaim {
             epoch: epoch.0,
-            name,
             price,
-            available,
         }))
     }
 

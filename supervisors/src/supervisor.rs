@@ -4,8 +4,8 @@
 //! and records which key each actor id serves, so a failure is attributed to its key without
 //! parsing actor names. The supervisor keeps per-key failure records, applies a
 //! [`RestartIntensity`] limit, and hands each event to a [`SupervisionHook`]: the
-//! [`ActorRegistry`](crate::ActorRegistry) restarts the key's actor from durable state, an order
-//! saga owner fails the order in the database.
+//! [`ActorRegistry`](crate::ActorRegistry) restarts the key's actor from durable state; the
+//! order sagas' owner records the failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -96,7 +96,7 @@ pub struct NoHook;
 
 impl<K> SupervisionHook<K> for NoHook {}
 
-/// Adapts a closure into a failure-only hook (compensation such as failing an order).
+/// Adapts a closure into a failure-only hook (recording or compensating a failure).
 pub struct OnFailure<F>(pub F);
 
 impl<F> fmt::Debug for OnFailure<F> {

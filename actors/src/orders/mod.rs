@@ -1,15 +1,16 @@
 //! Orders: one [`saga::OrderSaga`] per order, started by [`OrderSagas`].
 //!
-//! Invariants protected: an order is **all or nothing** over its lines (every line reserved and
-//! confirmed in one transaction, or everything it held released); **no lost acknowledgement**
-//! (a 201 follows the commit of the SUCCEEDED write); **exactly-once** placement per
-//! Idempotency-Key (the key is claimed in the order's first write).
+//! Invariants protected: an order is **all or nothing** over its lines (every line's units
+//! taken in the one transaction that writes it, or none); **no lost acknowledgement** (a 201
+//! follows the commit of that write); **exactly-once** placement per Idempotency-Key (the key is
+//! claimed in the same write); **a refusal writes nothing**.
 //!
 //! The path of one order: [`place`] validates and prices the lines (and the coupon's discount)
-//! → [`saga`] records the order, reserves every line through the [`StockPath`] (the stock actors)
-//! and confirms, or compensates on any failure → [`events`] tells SSE streams. Around it:
-//! [`cancel`], [`recovery`] of orders a previous process left half done, and the [`sweeper`] of
-//! expired reservations and stale orders.
+//! → [`saga`] holds every line through the [`StockPath`] (the stock actors, in memory) and
+//! writes the order once through the [`OrderLedger`], or gives the holds back → [`events`]
+//! tells SSE streams. Around it: [`cancel`], [`recovery`] of orders left `PROCESSING` by older
+//! versions, and the [`sweeper`] of expired reservations (comparison strategies) and stale
+//! orders.
 
 pub mod cancel;
 pub mod events;
@@ -123,9 +124,8 @@ pub(crate) struct Inner {
     /// not gated by it: undoing must go through whenever the database takes it.
     pub(crate) breaker: Arc<CircuitBreaker>,
     pub(crate) retry: RetryPolicy,
-    /// How long a saga may spend reserving (waiting and retrying). It may outlive the client's
-    /// answer deadline (the client then has its 202), but must end well before its
-    /// reservations expire, or it would confirm units the sweeper already gave back.
+    /// How long a saga may spend holding and writing (waiting and retrying): the client's
+    /// answer deadline, so nothing is still running once the client has its answer.
     pub(crate) reserve_deadline: Duration,
     pub(crate) events: broadcast::Sender<OrderEvent>,
     ids: tokio::sync::Mutex<IdBlock>,

@@ -1,5 +1,6 @@
-//! The sweeper: releases reservations whose saga died (past their deadline) and fails orders
-//! left `PROCESSING` past two reservation lifetimes, through the group committer.
+//! The sweeper: releases `HELD` reservations past their deadline (the comparison strategies
+//! write them before their order; a saga that died leaves them) and fails orders left
+//! `PROCESSING` (by older versions) past two reservation lifetimes, through the group committer.
 
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ pub async fn run(committer: GroupCommitter, ttl: Duration, mut stop: watch::Rece
             _ = tick.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
-        // A saga reserves within half the reservation lifetime and then confirms; an order
-        // still PROCESSING two lifetimes after it began cannot succeed any more.
+        // Orders are written in their final state; one still PROCESSING two reservation
+        // lifetimes after it began was left by an older version and cannot succeed any more.
         let stale_before =
             now_millis() - 2 * i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
         match committer.release_expired(stale_before).await {

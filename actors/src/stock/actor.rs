@@ -102,9 +102,17 @@ pub struct StockState {
     row_empty: bool,
     /// A background re-check's read is in flight (at most one).
     rechecking: bool,
+    /// Units held since the last check-out, and when it was: the rate of sales that sizes the
+    /// next check-out.
+    held_since_check_out: i64,
+    last_check_out: tokio::time::Instant,
     last_activity: tokio::time::Instant,
     stats: Arc<StockStats>,
 }
+
+/// Most units one check-out asks for, whatever the rate of sales: an allotment is stock other
+/// owners cannot sell until it is given back.
+const MAX_CHECK_OUT: i64 = 100_000;
 
 /// Why a check-out moved nothing.
 enum CheckOutError {
@@ -115,8 +123,19 @@ enum CheckOutError {
 }
 
 impl StockActor {
+    /// Checks units out of the item row: what this request needs, and at least about one
+    /// second of sales at the recent rate (and at least the configured chunk), so a hot item
+    /// goes to the database about once a second rather than every few hundred units.
     async fn check_out(&self, state: &mut StockState, need: i64) -> Result<(), CheckOutError> {
-        let want = need.max(self.config.allotment_chunk);
+        let elapsed_ms = i64::try_from(state.last_check_out.elapsed().as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let per_second = state.held_since_check_out.saturating_mul(1_000) / elapsed_ms;
+        let want = need
+            .max(self.config.allotment_chunk)
+            .max(per_second.min(MAX_CHECK_OUT));
+        state.held_since_check_out = 0;
+        state.last_check_out = tokio::time::Instant::now();
         match self
             .db
             .check_out_units(state.item_id, state.epoch, want)
@@ -189,6 +208,8 @@ impl Actor for StockActor {
             allotment: 0,
             row_empty: false,
             rechecking: false,
+            held_since_check_out: 0,
+            last_check_out: tokio::time::Instant::now(),
             last_activity: tokio::time::Instant::now(),
             stats: args.stats,
         };
@@ -228,6 +249,7 @@ impl Actor for StockActor {
                     let _ = reply.send(Err(ReserveError::OutOfStock));
                 } else {
                     state.allotment -= quantity;
+                    state.held_since_check_out += quantity;
                     state.stats.holds.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(Ok(state.epoch));
                 }

@@ -32,12 +32,13 @@ pub struct StockConfig {
     /// the sweeper expired, another node's cancellation). Releases this node makes wake the
     /// actor at once.
     pub sold_out_recheck: Duration,
-    /// Units checked out of the item row at a time. Larger means fewer writes to the item row;
+    /// Fewest units checked out of the item row at a time (a hot item checks out about one
+    /// second of sales at its recent rate, up to 100,000). Larger means fewer writes to the item row;
     /// smaller leaves more for other nodes. Everything unsold goes back on passivation.
     pub allotment_chunk: i64,
     /// An actor idle this long returns its allotment and stops.
     pub passivate_after: Duration,
-    /// Most reservation requests that may wait on one item. Beyond it the node answers 503
+    /// Most hold requests that may wait on one item. Beyond it the node answers 503
     /// instead of letting a queue grow without bound in front of a hot item.
     pub max_waiting_per_item: usize,
     /// Who owns allotments taken by this node.

@@ -96,7 +96,7 @@ pub struct StockActorView {
     pub kind: &'static str,
     /// Item id.
     pub key: i64,
-    /// Requests waiting on the actor (its mailbox and its uncommitted batch).
+    /// Requests waiting on the actor (in its mailbox or being answered).
     pub mailbox_len: usize,
     /// Times an actor of this item failed and was replaced.
     pub restarts: u64,
@@ -206,8 +206,8 @@ impl StockActors {
         }
     }
 
-    /// Whether the item is known to be sold out right now (its actor saw the row empty within
-    /// the recheck window and holds no units), without asking anyone.
+    /// Whether the item is known to be sold out right now (its actor saw the row empty and
+    /// holds no units, and nothing came back since), without asking anyone.
     fn sold_out_now(&self, item_id: i64) -> bool {
         self.registry
             .shared_of(item_id)
@@ -240,7 +240,7 @@ impl StockActors {
             .collect()
     }
 
-    /// Graceful shutdown: every actor commits its last batch and gives its allotment back.
+    /// Graceful shutdown (after the sagas finished): every actor gives its allotment back.
     pub async fn drain(&self) {
         let actors: Vec<ActorRef<StockMsg>> =
             self.registry.actors().into_iter().map(|(_, a)| a).collect();

@@ -8,7 +8,7 @@ use crate::error::ErrorBody;
 use crate::extract::Admin;
 use crate::state::AppState;
 
-/// Every live actor: stock actors (with allotment, pending reservations and last flush),
+/// Every live actor: stock actors (with allotment, holds, last check-out and sold-out state),
 /// running order sagas and coupon actors (remaining, waiting room); plus the group-commit writer's counters.
 #[utoipa::path(get, path = "/api/v1/admin/actors", tag = "admin", security(("bearer" = [])),
     responses((status = 200, description = "{actors: [...], writer: {...}}"), (status = 403, body = ErrorBody)))]

@@ -294,12 +294,12 @@ async fn answer_when_final(
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
     request_body = CreateOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "retry key; same key + same body replays the first outcome")),
-    responses((status = 201, body = OrderResponse), (status = 202, description = "still PROCESSING", body = OrderResponse),
+    responses((status = 201, body = OrderResponse), (status = 202, description = "an older order still PROCESSING (replayed)", body = OrderResponse),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "unknown item (details.lines)", body = ErrorBody),
-              (status = 409, description = "OUT_OF_STOCK (details.orderId, details.lines); COUPON_NOT_ISSUED, COUPON_ALREADY_USED, COUPON_NOT_APPLICABLE (nothing written)", body = ErrorBody),
+              (status = 409, description = "OUT_OF_STOCK (details.lines; nothing written, no orderId); COUPON_NOT_ISSUED, COUPON_ALREADY_USED, COUPON_NOT_APPLICABLE (nothing written)", body = ErrorBody),
               (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
-              (status = 503, description = "OVERLOADED, with Retry-After", body = ErrorBody)))]
+              (status = 503, description = "OVERLOADED, with Retry-After: the node is full, the database breaker is open, or the outcome is not known yet (retry with the same Idempotency-Key)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
