@@ -1,9 +1,14 @@
--- wrk script: POST /api/v1/orders for one item, rotating over the bearer tokens in tokens.txt.
+-- wrk script: POST /api/v1/orders, one unit of each item in ITEM_ID (comma-separated: one line
+-- per item), rotating over the bearer tokens in tokens.txt.
 -- Usage: ITEM_ID=1 wrk -t2 -c64 -d20s -s scripts/bench/orders.lua http://127.0.0.1:8080
+--        ITEM_ID=1,2,3 …   (orders with 3 lines on different items)
 local tokens = {}
 for line in io.lines(os.getenv("TOKENS") or "tokens.txt") do tokens[#tokens + 1] = line end
-local item = os.getenv("ITEM_ID") or "1"
-local body = '{"lines":[{"itemId":' .. item .. ',"quantity":1}]}'
+local lines = {}
+for item in string.gmatch(os.getenv("ITEM_ID") or "1", "[^,]+") do
+  lines[#lines + 1] = '{"itemId":' .. item .. ',"quantity":1}'
+end
+local body = '{"lines":[' .. table.concat(lines, ",") .. ']}'
 local counter = 0
 local statuses = {}
 

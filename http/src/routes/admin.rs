@@ -32,6 +32,8 @@ pub async fn actors(State(state): State<AppState>, Admin(_): Admin) -> Json<Valu
             "writes": writer.writes,
             "lastBatchSize": writer.last_batch,
             "lastCommitAt": writer.last_commit_at,
+            "statementsMicros": writer.statements_us,
+            "commitMicros": writer.commit_us,
         }
     }))
 }
