@@ -300,12 +300,13 @@ fn fail(write: Write, err: &PersistenceError) {
 
 async fn apply(
     conn: &mut sqlx::AnyConnection,
+    backend: crate::Backend,
     write: &Write,
     now: i64,
 ) -> Result<Outcome, sqlx::Error> {
     Ok(match write {
         Write::Place(order, _) => Outcome::Place(
-            placement::place_orders(conn, &[order], now)
+            placement::place_orders(conn, backend, &[order], now)
                 .await?
                 .pop()
                 .unwrap_or(PlaceOutcome::Placed { at: now }),
@@ -380,7 +381,9 @@ async fn run(
                 // alone.
                 tracing::warn!(error = %err, writes = n, "group commit failed; retrying writes one by one");
                 for write in writes {
-                    if let Some((left, err)) = commit(&db, &config, &stats, &mut conn, vec![write]).await {
+                    if let Some((left, err)) =
+                        commit(&db, &config, &stats, &mut conn, vec![write]).await
+                    {
                         conn = None;
                         for w in left {
                             fail(w, &err);
@@ -437,12 +440,12 @@ async fn commit(
             .collect();
         let applied = if run.is_empty() {
             next += 1;
-            apply(&mut tx, &writes[next - 1], now)
+            apply(&mut tx, db.backend(), &writes[next - 1], now)
                 .await
                 .map(|o| vec![o])
         } else {
             next += run.len();
-            placement::place_orders(&mut tx, &run, now)
+            placement::place_orders(&mut tx, db.backend(), &run, now)
                 .await
                 .map(|placed| placed.into_iter().map(Outcome::Place).collect())
         };

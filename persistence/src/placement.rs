@@ -1,6 +1,7 @@
 //! Writing a batch of orders in one transaction with a handful of statements, whatever the
-//! batch's size: one multi-row `INSERT` per table (orders, lines, sold units, outbox events,
-//! idempotency claims), and one fenced allotment decrement per (item, owner epoch). This is what
+//! batch's size: one `INSERT … SELECT` per table whose rows come from a single JSON parameter
+//! (orders, lines, sold units, outbox events), one multi-row `INSERT` for idempotency claims,
+//! and one fenced allotment decrement per (item, owner epoch). This is what
 //! lets one writer keep up with the stock actors: a statement costs a round trip to the
 //! database (a thread hand-off on SQLite), a row inside a statement costs almost nothing.
 //!
@@ -12,10 +13,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use sqlx::AnyConnection;
-use sqlx::any::AnyArguments;
-use sqlx::query::Query;
 use surge_domain::{LineStatus, OrderStatus};
 
+use crate::Backend;
 use crate::coupons;
 use crate::orders::{HoldSource, NewOrder, PlaceOutcome, StockHold};
 use crate::stock as stock_rows;
@@ -26,8 +26,6 @@ use crate::stock as stock_rows;
 /// by a linear scan, so binding a statement costs the square of its parameter count (with
 /// 256-row chunks that lookup was 4% of the node's time).
 const CHUNKS: [usize; 4] = [64, 16, 4, 1];
-
-type AnyQuery<'q> = Query<'q, sqlx::Any, AnyArguments>;
 
 /// `INSERT INTO {table} ({columns}) VALUES ($1, …), (…)` for `rows` rows.
 fn insert_sql(head: &str, columns: usize, rows: usize, tail: &str) -> String {
@@ -62,31 +60,11 @@ fn chunks(mut n: usize) -> Vec<usize> {
     out
 }
 
-/// Runs one multi-row `INSERT` per chunk of `rows`, binding each row with `bind`.
-async fn insert_rows<R>(
-    conn: &mut AnyConnection,
-    head: &str,
-    columns: usize,
-    rows: &[R],
-    bind: impl for<'q> Fn(AnyQuery<'q>, &'q R) -> AnyQuery<'q>,
-) -> Result<(), sqlx::Error> {
-    let mut start = 0;
-    for size in chunks(rows.len()) {
-        let sql = insert_sql(head, columns, size, "");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in rows.get(start..start + size).unwrap_or_default() {
-            query = bind(query, row);
-        }
-        query.execute(&mut *conn).await?;
-        start += size;
-    }
-    Ok(())
-}
-
 /// Writes `orders` (each `SUCCEEDED`, with its units, its event, its idempotency claim and its
 /// coupon use) and answers one outcome per order, in order.
 pub(crate) async fn place_orders(
     conn: &mut AnyConnection,
+    backend: Backend,
     orders: &[&NewOrder],
     now: i64,
 ) -> Result<Vec<PlaceOutcome>, sqlx::Error> {
@@ -131,7 +109,7 @@ pub(crate) async fn place_orders(
         .filter(|(_, o)| o.is_none())
         .map(|(order, _)| *order)
         .collect();
-    insert_orders(conn, &placed, now).await?;
+    insert_orders(conn, backend, &placed, now).await?;
     Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or(PlaceOutcome::Placed { at: now }))
@@ -268,104 +246,231 @@ async fn take_units(
     Ok(())
 }
 
-/// Inserts the orders, their lines, their sold units and their events: one multi-row
-/// statement per table and chunk.
+/// A column of a bulk insert, with its SQL type (for PostgreSQL's cast).
+#[derive(Clone, Copy)]
+enum Column {
+    Int(&'static str),
+    Text(&'static str),
+}
+
+/// `INSERT INTO {table} (…) SELECT … FROM <the rows of one JSON array parameter>`: one
+/// statement and one bound parameter for any number of rows, so its text never changes (it is
+/// prepared once per connection) and binding costs nothing (one parameter to look up).
+fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column]) -> String {
+    let names: Vec<&str> = columns
+        .iter()
+        .map(|c| match c {
+            Column::Int(n) | Column::Text(n) => *n,
+        })
+        .collect();
+    let values: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match (backend, c) {
+            (Backend::Sqlite, _) => format!("json_extract(value, '$[{i}]')"),
+            (Backend::Postgres, Column::Int(_)) => format!("(r->>{i})::bigint"),
+            (Backend::Postgres, Column::Text(_)) => format!("r->>{i}"),
+        })
+        .collect();
+    let source = match backend {
+        Backend::Sqlite => "json_each($1)",
+        Backend::Postgres => "json_array_elements($1::json) AS r",
+    };
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM {source}",
+        names.join(", "),
+        values.join(", ")
+    )
+}
+
+/// A JSON array of rows, each an array of cells, built without intermediate values.
+#[derive(Default)]
+struct JsonRows(String);
+
+impl JsonRows {
+    fn row(&mut self, cells: &[Cell<'_>]) {
+        self.0.push(if self.0.is_empty() { '[' } else { ',' });
+        self.0.push('[');
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                self.0.push(',');
+            }
+            match cell {
+                Cell::Int(n) => self.0.push_str(&n.to_string()),
+                Cell::Null => self.0.push_str("null"),
+                Cell::Text(t) => self
+                    .0
+                    .push_str(&serde_json::to_string(t).unwrap_or_else(|_| "null".into())),
+            }
+        }
+        self.0.push(']');
+    }
+
+    fn finish(mut self) -> String {
+        if self.0.is_empty() {
+            self.0.push('[');
+        }
+        self.0.push(']');
+        self.0
+    }
+}
+
+enum Cell<'a> {
+    Int(i64),
+    Null,
+    Text(&'a str),
+}
+
+fn opt(n: Option<i64>) -> Cell<'static> {
+    n.map_or(Cell::Null, Cell::Int)
+}
+
+async fn bulk_insert(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    table: &str,
+    columns: &[Column],
+    rows: JsonRows,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(bulk_insert_sql(
+        backend, table, columns,
+    )))
+    .bind(rows.finish())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts the orders, their lines, their sold units and their events: one statement per
+/// table, whatever the number of orders.
 async fn insert_orders(
     conn: &mut AnyConnection,
+    backend: Backend,
     orders: &[&NewOrder],
     now: i64,
 ) -> Result<(), sqlx::Error> {
+    use Column::{Int, Text};
     if orders.is_empty() {
         return Ok(());
     }
-    insert_rows(
+    let succeeded = OrderStatus::Succeeded.as_str();
+    let reserved = LineStatus::Reserved.as_str();
+    let (mut order_rows, mut line_rows, mut sold_rows, mut event_rows) = (
+        JsonRows::default(),
+        JsonRows::default(),
+        JsonRows::default(),
+        JsonRows::default(),
+    );
+    let mut payload = String::new();
+    for o in orders {
+        order_rows.row(&[
+            Cell::Int(o.id),
+            Cell::Int(o.user_id),
+            Cell::Text(succeeded),
+            opt(o.coupon_id),
+            Cell::Int(o.total_price),
+            Cell::Int(o.discount),
+            Cell::Int(now),
+            Cell::Int(now),
+        ]);
+        for (n, l) in o.lines.iter().enumerate() {
+            line_rows.row(&[
+                Cell::Int(o.id),
+                Cell::Int(i64::try_from(n).unwrap_or(i64::MAX)),
+                Cell::Int(l.item_id),
+                Cell::Int(l.quantity),
+                Cell::Int(l.unit_price),
+                Cell::Text(reserved),
+            ]);
+        }
+        for h in &o.holds {
+            if let HoldSource::Allotment { epoch } = h.source {
+                sold_rows.row(&[
+                    Cell::Int(o.id),
+                    Cell::Int(h.item_id),
+                    Cell::Int(h.quantity),
+                    Cell::Text("CONFIRMED"),
+                    Cell::Int(epoch),
+                    Cell::Int(now),
+                    Cell::Int(now),
+                    Cell::Int(now),
+                ]);
+            }
+        }
+        payload.clear();
+        payload.push_str(&format!(
+            r#"{{"orderId":{},"status":"{succeeded}","at":{now}}}"#,
+            o.id
+        ));
+        event_rows.row(&[
+            Cell::Text("order-status"),
+            Cell::Text(&o.id.to_string()),
+            Cell::Text(&payload),
+            Cell::Int(now),
+        ]);
+    }
+    bulk_insert(
         conn,
-        "INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, created_at, updated_at)",
-        8,
-        orders,
-        |q, o| {
-            q.bind(o.id)
-                .bind(o.user_id)
-                .bind(OrderStatus::Succeeded.as_str())
-                .bind(o.coupon_id)
-                .bind(o.total_price)
-                .bind(o.discount)
-                .bind(now)
-                .bind(now)
-        },
+        backend,
+        "orders",
+        &[
+            Int("id"),
+            Int("user_id"),
+            Text("status"),
+            Int("coupon_id"),
+            Int("total_price"),
+            Int("discount"),
+            Int("created_at"),
+            Int("updated_at"),
+        ],
+        order_rows,
     )
     .await?;
-    let lines: Vec<(i64, i64, &crate::orders::NewOrderLine)> = orders
-        .iter()
-        .flat_map(|o| {
-            o.lines
-                .iter()
-                .enumerate()
-                .map(|(n, l)| (o.id, i64::try_from(n).unwrap_or(i64::MAX), l))
-        })
-        .collect();
-    insert_rows(
+    bulk_insert(
         conn,
-        "INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status)",
-        6,
-        &lines,
-        |q, (order_id, line_no, l)| {
-            q.bind(*order_id)
-                .bind(*line_no)
-                .bind(l.item_id)
-                .bind(l.quantity)
-                .bind(l.unit_price)
-                .bind(LineStatus::Reserved.as_str())
-        },
+        backend,
+        "order_lines",
+        &[
+            Int("order_id"),
+            Int("line_no"),
+            Int("item_id"),
+            Int("quantity"),
+            Int("unit_price"),
+            Text("status"),
+        ],
+        line_rows,
     )
     .await?;
-    let sold: Vec<(i64, &StockHold, i64)> = orders
-        .iter()
-        .flat_map(|o| {
-            o.holds.iter().filter_map(move |h| match h.source {
-                HoldSource::Allotment { epoch } => Some((o.id, h, epoch)),
-                HoldSource::Reservation => None,
-            })
-        })
-        .collect();
-    insert_rows(
+    if !sold_rows.0.is_empty() {
+        bulk_insert(
+            conn,
+            backend,
+            "reservations",
+            &[
+                Int("order_id"),
+                Int("item_id"),
+                Int("quantity"),
+                Text("status"),
+                Int("epoch"),
+                Int("deadline_at"),
+                Int("created_at"),
+                Int("updated_at"),
+            ],
+            sold_rows,
+        )
+        .await?;
+    }
+    bulk_insert(
         conn,
-        "INSERT INTO reservations (order_id, item_id, quantity, status, epoch, deadline_at, created_at, updated_at)",
-        8,
-        &sold,
-        |q, (order_id, h, epoch)| {
-            q.bind(*order_id)
-                .bind(h.item_id)
-                .bind(h.quantity)
-                .bind("CONFIRMED")
-                .bind(*epoch)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-        },
-    )
-    .await?;
-    let events: Vec<(String, String)> = orders
-        .iter()
-        .map(|o| {
-            let status = OrderStatus::Succeeded;
-            (
-                o.id.to_string(),
-                format!(r#"{{"orderId":{},"status":"{status}","at":{now}}}"#, o.id),
-            )
-        })
-        .collect();
-    insert_rows(
-        conn,
-        "INSERT INTO outbox (topic, event_key, payload, created_at)",
-        4,
-        &events,
-        |q, (key, payload)| {
-            q.bind("order-status")
-                .bind(key.as_str())
-                .bind(payload.as_str())
-                .bind(now)
-        },
+        backend,
+        "outbox",
+        &[
+            Text("topic"),
+            Text("event_key"),
+            Text("payload"),
+            Int("created_at"),
+        ],
+        event_rows,
     )
     .await
 }
@@ -381,6 +486,26 @@ mod tests {
         assert_eq!(chunks(300), vec![64, 64, 64, 64, 16, 16, 4, 4, 4]);
         let total: usize = chunks(1000).iter().sum();
         assert_eq!(total, 1000);
+    }
+
+    #[test]
+    fn bulk_inserts_read_their_rows_from_one_json_parameter() {
+        let columns = [Column::Int("id"), Column::Text("status")];
+        assert_eq!(
+            bulk_insert_sql(Backend::Sqlite, "t", &columns),
+            "INSERT INTO t (id, status) SELECT json_extract(value, '$[0]'), \
+             json_extract(value, '$[1]') FROM json_each($1)"
+        );
+        assert_eq!(
+            bulk_insert_sql(Backend::Postgres, "t", &columns),
+            "INSERT INTO t (id, status) SELECT (r->>0)::bigint, r->>1 \
+             FROM json_array_elements($1::json) AS r"
+        );
+        let mut rows = JsonRows::default();
+        rows.row(&[Cell::Int(7), Cell::Text("a \"quoted\" {x}"), Cell::Null]);
+        rows.row(&[Cell::Int(-1), Cell::Text(""), Cell::Int(0)]);
+        assert_eq!(rows.finish(), r#"[[7,"a \"quoted\" {x}",null],[-1,"",0]]"#);
+        assert_eq!(JsonRows::default().finish(), "[]");
     }
 
     #[test]
