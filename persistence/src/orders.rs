@@ -236,28 +236,34 @@ async fn outbox(
     Ok(())
 }
 
-/// Fails an order left `PROCESSING` (recovery at start, the stale sweep): releases what it
-/// holds and gives its coupon back. Idempotent.
-pub(crate) async fn fail_order(
+/// Moves an order from `from` to `to` (at most once: a conditional update), releasing its
+/// reservations in `units` status to the items, giving its coupon back, marking its lines
+/// released (a line its own item refused keeps that status) and writing its event, all in the
+/// caller's transaction. `false`, and nothing changed, when the order was not in `from`.
+async fn end_order(
     conn: &mut AnyConnection,
     order_id: i64,
-    reason: &str,
+    (from, to): (OrderStatus, OrderStatus),
+    units: ReservationStatus,
+    reason: Option<&str>,
     now: i64,
-) -> Result<FailOutcome, sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let changed = sqlx::query(
-        "UPDATE orders SET status = 'FAILED', failure_reason = $1, updated_at = $2 \
-         WHERE id = $3 AND status = 'PROCESSING'",
+        "UPDATE orders SET status = $1, failure_reason = COALESCE($2, failure_reason), \
+         updated_at = $3 WHERE id = $4 AND status = $5",
     )
+    .bind(to.as_str())
     .bind(reason)
     .bind(now)
     .bind(order_id)
+    .bind(from.as_str())
     .execute(&mut *conn)
     .await?
     .rows_affected();
     if changed == 0 {
-        return Ok(FailOutcome::AlreadyFinal);
+        return Ok(false);
     }
-    stock_rows::release_all(conn, order_id, ReservationStatus::Held, now).await?;
+    stock_rows::release_all(conn, order_id, units, now).await?;
     coupons::give_back(conn, order_id).await?;
     sqlx::query(
         "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
@@ -266,34 +272,60 @@ pub(crate) async fn fail_order(
     .bind(order_id)
     .execute(&mut *conn)
     .await?;
-    outbox(conn, order_id, OrderStatus::Failed, now).await?;
-    Ok(FailOutcome::Failed)
+    outbox(conn, order_id, to, now).await?;
+    Ok(true)
 }
 
+/// Fails an order left `PROCESSING` (recovery at start, the stale sweep): releases what it
+/// holds and gives its coupon back. Idempotent.
+pub(crate) async fn fail_order(
+    conn: &mut AnyConnection,
+    order_id: i64,
+    reason: &str,
+    now: i64,
+) -> Result<FailOutcome, sqlx::Error> {
+    let transition = (OrderStatus::Processing, OrderStatus::Failed);
+    Ok(
+        if end_order(
+            conn,
+            order_id,
+            transition,
+            ReservationStatus::Held,
+            Some(reason),
+            now,
+        )
+        .await?
+        {
+            FailOutcome::Failed
+        } else {
+            FailOutcome::AlreadyFinal
+        },
+    )
+}
+
+/// Cancels a `SUCCEEDED` order: its sold units go back to the items, its coupon to its holder.
 pub(crate) async fn cancel_order(
     conn: &mut AnyConnection,
     order_id: i64,
     now: i64,
 ) -> Result<CancelOutcome, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE orders SET status = 'CANCELLED', updated_at = $1 WHERE id = $2 AND status = 'SUCCEEDED'",
+    let transition = (OrderStatus::Succeeded, OrderStatus::Cancelled);
+    Ok(
+        if end_order(
+            conn,
+            order_id,
+            transition,
+            ReservationStatus::Confirmed,
+            None,
+            now,
+        )
+        .await?
+        {
+            CancelOutcome::Cancelled
+        } else {
+            CancelOutcome::NotCancellable
+        },
     )
-    .bind(now)
-    .bind(order_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(CancelOutcome::NotCancellable);
-    }
-    stock_rows::release_all(conn, order_id, ReservationStatus::Confirmed, now).await?;
-    coupons::give_back(conn, order_id).await?;
-    sqlx::query("UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1")
-        .bind(order_id)
-        .execute(&mut *conn)
-        .await?;
-    outbox(conn, order_id, OrderStatus::Cancelled, now).await?;
-    Ok(CancelOutcome::Cancelled)
 }
 
 /// Fails orders left `PROCESSING` since before `stale_before` (their saga died or lost track

@@ -128,16 +128,7 @@ impl Database {
             return Ok((0, 0));
         }
         // The allotment row is the fence: only the current epoch may add to it.
-        let owned = sqlx::query(
-            "UPDATE stock_allotments SET updated_at = $1 WHERE item_id = $2 AND epoch = $3",
-        )
-        .bind(now)
-        .bind(item_id)
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if owned == 0 {
+        if !lock_owned(&mut tx, item_id, epoch, now).await? {
             return Err(PersistenceError::Conflict);
         }
         let take = want.min(available).max(0);
@@ -206,16 +197,7 @@ impl Database {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
         // Lock first (see `claim_allotment`), fenced by the epoch.
-        let owned = sqlx::query(
-            "UPDATE stock_allotments SET updated_at = $1 WHERE item_id = $2 AND epoch = $3",
-        )
-        .bind(now)
-        .bind(item_id)
-        .bind(epoch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if owned == 0 {
+        if !lock_owned(&mut tx, item_id, epoch, now).await? {
             return Ok(0);
         }
         let units: Option<(i64,)> =
@@ -242,6 +224,26 @@ impl Database {
         tx.commit().await?;
         Ok(units)
     }
+}
+
+/// Locks an owner's allotment row by touching it; `false` when `epoch` is no longer the
+/// owner's (nothing locked, nothing changed).
+async fn lock_owned(
+    conn: &mut AnyConnection,
+    item_id: i64,
+    epoch: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let owned = sqlx::query(
+        "UPDATE stock_allotments SET updated_at = $1 WHERE item_id = $2 AND epoch = $3",
+    )
+    .bind(now)
+    .bind(item_id)
+    .bind(epoch)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(owned == 1)
 }
 
 /// Locks allotment rows by touching them, so that what the transaction reads of them next is

@@ -314,8 +314,15 @@ impl OrderSagas {
         request: OrderRequest,
         admission: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<(i64, oneshot::Receiver<SagaOutcome>), SagaError> {
-        let order_id = self.next_order_id().await?;
         let (reply, rx) = oneshot::channel();
+        // The losers of a flash sale: a line known sold out is refused from the stock actors'
+        // memory before any saga, id or write (a keyed request still replays an order its key
+        // placed earlier). Order id 0: no order exists.
+        if let Some(refusal) = saga::known_sold_out(&self.inner, &request) {
+            let _ = reply.send(saga::replay_or(&self.inner, &request, refusal).await);
+            return Ok((0, rx));
+        }
+        let order_id = self.next_order_id().await?;
         // Counted as running from now on (shutdown waits for it), not only once it starts.
         self.inner.set_step(order_id, Some("starting"));
         self.supervisor

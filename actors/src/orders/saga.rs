@@ -132,7 +132,11 @@ async fn run_once_per_key(
 
 /// A refusal for a request with an Idempotency-Key that may already have placed an order (a
 /// retry that comes after the stock ran out): the first order is replayed instead.
-async fn replay_or(inner: &Inner, request: &OrderRequest, refusal: SagaOutcome) -> SagaOutcome {
+pub(crate) async fn replay_or(
+    inner: &Inner,
+    request: &OrderRequest,
+    refusal: SagaOutcome,
+) -> SagaOutcome {
     let Some((key, hash)) = &request.idempotency else {
         return refusal;
     };
@@ -142,6 +146,30 @@ async fn replay_or(inner: &Inner, request: &OrderRequest, refusal: SagaOutcome) 
         Ok(None) => refusal,
         Err(e) => SagaOutcome::Failed(e.to_string()),
     }
+}
+
+/// `OutOfStock` when a line's item is known sold out right now (from the stock actors'
+/// memory, without asking them), with the status of every line.
+pub(crate) fn known_sold_out(inner: &Inner, request: &OrderRequest) -> Option<SagaOutcome> {
+    let sold_out: Vec<bool> = request
+        .lines
+        .iter()
+        .map(|&(item, _)| inner.stock.known_sold_out(item))
+        .collect();
+    sold_out.contains(&true).then(|| {
+        SagaOutcome::OutOfStock(
+            sold_out
+                .iter()
+                .map(|&gone| {
+                    if gone {
+                        LineStatus::OutOfStock
+                    } else {
+                        LineStatus::Released
+                    }
+                })
+                .collect(),
+        )
+    })
 }
 
 /// Runs the saga to its outcome.
@@ -185,26 +213,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderReques
             }
         }
     };
-    // 2. A line whose item is known sold out: refused from memory, nothing written. Under a
-    //    flash sale this is the losers' path.
-    let sold_out: Vec<bool> = request
-        .lines
-        .iter()
-        .map(|&(item, _)| inner.stock.known_sold_out(item))
-        .collect();
-    if sold_out.contains(&true) {
-        let refusal = SagaOutcome::OutOfStock(
-            sold_out
-                .iter()
-                .map(|&gone| {
-                    if gone {
-                        LineStatus::OutOfStock
-                    } else {
-                        LineStatus::Released
-                    }
-                })
-                .collect(),
-        );
+    // 2. A line whose item is known sold out: refused from memory, nothing written (usually
+    //    before the saga even starts: `OrderSagas::start_order`).
+    if let Some(refusal) = known_sold_out(inner, request) {
         return replay_or(inner, request, refusal).await;
     }
     // 3. Hold every line, then write the order once. A hold the database refused (another
