@@ -52,9 +52,14 @@ pub enum SignUp {
 impl Api {
     /// A client for the node at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str) -> Result<Self, BenchError> {
+        // The load tool must not be the bottleneck: no proxy lookup, HTTP/1 only (what the node
+        // speaks), and idle connections kept for the next request.
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
+            .no_proxy()
+            .http1_only()
+            .pool_max_idle_per_host(usize::MAX)
             .build()
             .map_err(|source| BenchError::Http {
                 what: "building the HTTP client".into(),
