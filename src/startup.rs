@@ -272,7 +272,7 @@ impl Application {
         } = self;
         let signal_stop = stop.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            surge_supervisors::shutdown::stop_signal().await;
             tracing::info!("stop signal received; finishing in-flight requests");
             signal_stop.send_replace(true);
         });
@@ -369,27 +369,6 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-    }
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
     }
 }
 

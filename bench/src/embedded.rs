@@ -505,25 +505,7 @@ impl ForwardStop {
     fn new(child: &Child) -> Self {
         let pid = child.id();
         Self(tokio::spawn(async move {
-            let ctrl_c = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            #[cfg(unix)]
-            let term = async {
-                use tokio::signal::unix::{SignalKind, signal};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut s) => {
-                        s.recv().await;
-                    }
-                    Err(_) => std::future::pending::<()>().await,
-                }
-            };
-            #[cfg(not(unix))]
-            let term = std::future::pending::<()>();
-            tokio::select! {
-                () = ctrl_c => {}
-                () = term => {}
-            }
+            surge_supervisors::shutdown::stop_signal().await;
             #[cfg(unix)]
             if let Some(pid) = pid.and_then(|id| i32::try_from(id).ok()) {
                 let _ = nix::sys::signal::kill(

@@ -55,6 +55,7 @@
 pub mod circuit;
 pub mod registry;
 pub mod retry;
+pub mod shutdown;
 pub mod supervisor;
 
 pub use circuit::{
