@@ -71,10 +71,16 @@ pub struct Application {
     admin_listener: Option<TcpListener>,
     state: AppState,
     stop: watch::Sender<bool>,
+    writers: Writers,
+}
+
+/// What writes on its own, ended in order at shutdown.
+#[derive(Debug)]
+struct Writers {
     /// The group-commit writer; finished last, after everything that writes through it.
-    writer: WriterGuard,
+    commits: WriterGuard,
     /// Redis mode: the stream-to-database writer of coupon issues.
-    issue_writer: Option<IssueWriter>,
+    issues: Option<IssueWriter>,
     /// Lifetime of an unconfirmed reservation, for the sweeper.
     reservation_ttl: Duration,
 }
@@ -229,14 +235,17 @@ impl Application {
             None => None,
         };
         let (stop, _) = watch::channel(false);
+        let writers = Writers {
+            commits: writer,
+            issues: issue_writer,
+            reservation_ttl: config.reservation_ttl,
+        };
         Ok(Self {
             listener,
             admin_listener,
             state,
             stop,
-            writer,
-            issue_writer,
-            reservation_ttl: config.reservation_ttl,
+            writers,
         })
     }
 
@@ -266,10 +275,9 @@ impl Application {
             admin_listener,
             state,
             stop,
-            writer,
-            issue_writer,
-            reservation_ttl,
+            writers,
         } = self;
+        let reservation_ttl = writers.reservation_ttl;
         let signal_stop = stop.clone();
         tokio::spawn(async move {
             surge_supervisors::shutdown::stop_signal().await;
@@ -319,10 +327,10 @@ impl Application {
         state.orders.stock.drain().await;
         state.orders.sagas.stop();
         state.coupons.stop();
-        if let Some(issue_writer) = issue_writer {
-            issue_writer.stop().await;
+        if let Some(issues) = writers.issues {
+            issues.stop().await;
         }
-        writer.finish().await;
+        writers.commits.finish().await;
         state.db.close().await;
         tracing::info!("surge stopped");
         served

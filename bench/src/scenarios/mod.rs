@@ -334,6 +334,41 @@ async fn create_items(
     Ok(ids)
 }
 
+/// What an order workload sells: how many items, with how many units each, in which shape.
+struct Stock<'a> {
+    name: &'a str,
+    items: usize,
+    units: u64,
+    shape: OrderShape,
+}
+
+/// Creates the items of `stock` and a workload of orders over them.
+async fn order_workload(
+    api: &Api,
+    cast: &mut Cast,
+    stock: Stock<'_>,
+    users: Arc<[BenchUser]>,
+    seed: u64,
+    run_tag: &str,
+) -> Result<OrderWorkload, BenchError> {
+    let ids = create_items(api, cast, stock.name, stock.items, stock.units).await?;
+    let items = ids
+        .into_iter()
+        .map(|item_id| StockedItem {
+            item_id,
+            initial: stock.units,
+        })
+        .collect();
+    Ok(OrderWorkload::new(
+        api.clone(),
+        users,
+        items,
+        stock.shape,
+        seed,
+        run_tag.to_owned(),
+    ))
+}
+
 async fn flash_sale(
     api: &Api,
     cast: &mut Cast,
@@ -342,22 +377,14 @@ async fn flash_sale(
     seed: u64,
     run_tag: &str,
 ) -> Result<OrderWorkload, BenchError> {
-    let ids = create_items(api, cast, &format!("{run_tag} flash"), 1, size.units).await?;
-    let items = ids
-        .into_iter()
-        .map(|item_id| StockedItem {
-            item_id,
-            initial: size.units,
-        })
-        .collect();
-    Ok(OrderWorkload::new(
-        api.clone(),
-        users,
-        items,
-        OrderShape::SINGLE_UNIT,
-        seed,
-        format!("{run_tag}-flash"),
-    ))
+    let name = format!("{run_tag} flash");
+    let stock = Stock {
+        name: &name,
+        items: 1,
+        units: size.units,
+        shape: OrderShape::SINGLE_UNIT,
+    };
+    order_workload(api, cast, stock, users, seed, &format!("{run_tag}-flash")).await
 }
 
 async fn multi_line(
@@ -368,22 +395,13 @@ async fn multi_line(
     seed: u64,
     run_tag: &str,
 ) -> Result<OrderWorkload, BenchError> {
-    let ids = create_items(api, cast, run_tag, size.items, AMPLE_STOCK).await?;
-    let items = ids
-        .into_iter()
-        .map(|item_id| StockedItem {
-            item_id,
-            initial: AMPLE_STOCK,
-        })
-        .collect();
-    Ok(OrderWorkload::new(
-        api.clone(),
-        users,
-        items,
-        MULTI_LINE_ORDER,
-        seed,
-        format!("{run_tag}-orders"),
-    ))
+    let stock = Stock {
+        name: run_tag,
+        items: size.items,
+        units: AMPLE_STOCK,
+        shape: MULTI_LINE_ORDER,
+    };
+    order_workload(api, cast, stock, users, seed, &format!("{run_tag}-orders")).await
 }
 
 async fn coupon_rush(
