@@ -189,6 +189,22 @@ struct Core<F: ActorFactory> {
 }
 
 impl<F: ActorFactory> Core<F> {
+    /// Removes a slot nobody is admitted to and whose actor never started (its start failed:
+    /// the database was down, say), unless its key is marked failed (the admin page shows
+    /// it). Without this, every key asked for during an outage would keep a slot for ever.
+    fn drop_if_unstarted(&self, supervisor: &Supervisor<F::Key>, key: F::Key, slot: &Arc<Slot<F>>) {
+        if supervisor.check(key).is_err() {
+            return;
+        }
+        let mut slots = self.slots();
+        let unused = slots.get(&key).is_some_and(|s| {
+            Arc::ptr_eq(s, slot) && s.waiting.load(Ordering::Acquire) == 0 && s.live().is_none()
+        });
+        if unused {
+            slots.remove(&key);
+        }
+    }
+
     fn passivate(&self, key: F::Key, actor: ActorId) -> bool {
         let mut slots = self.slots();
         let idle = slots
@@ -300,9 +316,14 @@ impl<F: ActorFactory> SupervisionHook<F::Key> for RegistryHook<F> {
         let core = Arc::clone(&self.core);
         let supervisor = supervisor.clone();
         let key = failure.key;
+        // The restart counts as a request on the slot, so the slot is not dropped under it.
+        slot.waiting.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             if let Err(e) = ensure_started(&core, &supervisor, key, &slot).await {
                 tracing::warn!(kind = core.kind, %key, error = %e, "restart failed");
+            }
+            if slot.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+                core.drop_if_unstarted(&supervisor, key, &slot);
             }
         });
     }
@@ -570,7 +591,11 @@ impl<F: ActorFactory> Admission<F> {
 
 impl<F: ActorFactory> Drop for Admission<F> {
     fn drop(&mut self) {
-        self.slot.waiting.fetch_sub(1, Ordering::AcqRel);
+        if self.slot.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.registry
+                .core
+                .drop_if_unstarted(&self.registry.supervisor, self.key, &self.slot);
+        }
     }
 }
 
@@ -589,6 +614,8 @@ mod tests {
         starts: AtomicUsize,
         failures: Mutex<Vec<(i64, String)>>,
         slow_start: Option<Duration>,
+        /// Starts that fail as if the database were down.
+        unavailable: AtomicUsize,
     }
 
     #[derive(Debug, Clone)]
@@ -662,6 +689,14 @@ mod tests {
             }
             if key < 0 {
                 return Err(StartError::NotFound);
+            }
+            if self
+                .0
+                .unavailable
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StartError::Unavailable("the database is down".into()));
             }
             Ok((
                 TestActor,
@@ -883,6 +918,37 @@ mod tests {
             RegistryError::NotFound
         );
         assert_eq!(durable.starts.load(Ordering::SeqCst), 1);
+        registry.stop();
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_leaves_no_slot_once_nobody_waits() {
+        let (registry, durable) = registry(
+            Durable {
+                unavailable: AtomicUsize::new(1),
+                ..Durable::default()
+            },
+            10,
+            RestartIntensity::default(),
+        )
+        .await;
+        let admission = registry.admit(7).unwrap();
+        assert!(matches!(
+            admission.actor().await,
+            Err(RegistryError::Unavailable(_))
+        ));
+        assert!(registry.shared_of(7).is_some(), "kept while admitted");
+        drop(admission);
+        assert!(registry.shared_of(7).is_none(), "no slot left behind");
+        // The key works again once the database does.
+        let again = registry.admit(7).unwrap();
+        assert!(again.actor().await.is_ok());
+        drop(again);
+        assert!(
+            registry.shared_of(7).is_some(),
+            "a started actor keeps its slot"
+        );
+        assert_eq!(durable.starts.load(Ordering::SeqCst), 2);
         registry.stop();
     }
 
