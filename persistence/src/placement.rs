@@ -256,7 +256,7 @@ enum Column {
 /// `INSERT INTO {table} (…) SELECT … FROM <the rows of one JSON array parameter>`: one
 /// statement and one bound parameter for any number of rows, so its text never changes (it is
 /// prepared once per connection) and binding costs nothing (one parameter to look up).
-fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column]) -> String {
+fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column], param: usize) -> String {
     let names: Vec<&str> = columns
         .iter()
         .map(|c| match c {
@@ -273,8 +273,8 @@ fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column]) -> String 
         })
         .collect();
     let source = match backend {
-        Backend::Sqlite => "json_each($1)",
-        Backend::Postgres => "json_array_elements($1::json) AS r",
+        Backend::Sqlite => format!("json_each(${param})"),
+        Backend::Postgres => format!("json_array_elements(${param}::json) AS r"),
     };
     format!(
         "INSERT INTO {table} ({}) SELECT {} FROM {source}",
@@ -323,22 +323,6 @@ enum Cell<'a> {
 
 fn opt(n: Option<i64>) -> Cell<'static> {
     n.map_or(Cell::Null, Cell::Int)
-}
-
-async fn bulk_insert(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    table: &str,
-    columns: &[Column],
-    rows: JsonRows,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(sqlx::AssertSqlSafe(bulk_insert_sql(
-        backend, table, columns,
-    )))
-    .bind(rows.finish())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Inserts the orders, their lines, their sold units and their events: one statement per
@@ -409,42 +393,32 @@ async fn insert_orders(
             Cell::Int(now),
         ]);
     }
-    bulk_insert(
-        conn,
-        backend,
-        "orders",
-        &[
-            Int("id"),
-            Int("user_id"),
-            Text("status"),
-            Int("coupon_id"),
-            Int("total_price"),
-            Int("discount"),
-            Int("created_at"),
-            Int("updated_at"),
-        ],
-        order_rows,
-    )
-    .await?;
-    bulk_insert(
-        conn,
-        backend,
-        "order_lines",
-        &[
-            Int("order_id"),
-            Int("line_no"),
-            Int("item_id"),
-            Int("quantity"),
-            Int("unit_price"),
-            Text("status"),
-        ],
-        line_rows,
-    )
-    .await?;
-    if !sold_rows.0.is_empty() {
-        bulk_insert(
-            conn,
-            backend,
+    let tables: [(&str, &[Column]); 4] = [
+        (
+            "orders",
+            &[
+                Int("id"),
+                Int("user_id"),
+                Text("status"),
+                Int("coupon_id"),
+                Int("total_price"),
+                Int("discount"),
+                Int("created_at"),
+                Int("updated_at"),
+            ],
+        ),
+        (
+            "order_lines",
+            &[
+                Int("order_id"),
+                Int("line_no"),
+                Int("item_id"),
+                Int("quantity"),
+                Int("unit_price"),
+                Text("status"),
+            ],
+        ),
+        (
             "reservations",
             &[
                 Int("order_id"),
@@ -456,23 +430,38 @@ async fn insert_orders(
                 Int("created_at"),
                 Int("updated_at"),
             ],
-            sold_rows,
-        )
+        ),
+        (
+            "outbox",
+            &[
+                Text("topic"),
+                Text("event_key"),
+                Text("payload"),
+                Int("created_at"),
+            ],
+        ),
+    ];
+    let [orders_sql, lines_sql, sold_sql, events_sql]: [String; 4] = std::array::from_fn(|i| {
+        let (table, columns) = tables[i];
+        bulk_insert_sql(backend, table, columns, i + 1)
+    });
+    // One round trip for the four: statements separated by `;` on SQLite (each binds its own
+    // numbered parameter), data-modifying CTEs in one statement on PostgreSQL (foreign keys
+    // are checked at the end of the statement).
+    let sql = match backend {
+        Backend::Sqlite => format!("{orders_sql}; {lines_sql}; {sold_sql}; {events_sql}"),
+        Backend::Postgres => {
+            format!("WITH o AS ({orders_sql}), l AS ({lines_sql}), s AS ({sold_sql}) {events_sql}")
+        }
+    };
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(order_rows.finish())
+        .bind(line_rows.finish())
+        .bind(sold_rows.finish())
+        .bind(event_rows.finish())
+        .execute(&mut *conn)
         .await?;
-    }
-    bulk_insert(
-        conn,
-        backend,
-        "outbox",
-        &[
-            Text("topic"),
-            Text("event_key"),
-            Text("payload"),
-            Int("created_at"),
-        ],
-        event_rows,
-    )
-    .await
+    Ok(())
 }
 
 #[cfg(test)]
@@ -492,12 +481,12 @@ mod tests {
     fn bulk_inserts_read_their_rows_from_one_json_parameter() {
         let columns = [Column::Int("id"), Column::Text("status")];
         assert_eq!(
-            bulk_insert_sql(Backend::Sqlite, "t", &columns),
+            bulk_insert_sql(Backend::Sqlite, "t", &columns, 1),
             "INSERT INTO t (id, status) SELECT json_extract(value, '$[0]'), \
              json_extract(value, '$[1]') FROM json_each($1)"
         );
         assert_eq!(
-            bulk_insert_sql(Backend::Postgres, "t", &columns),
+            bulk_insert_sql(Backend::Postgres, "t", &columns, 1),
             "INSERT INTO t (id, status) SELECT (r->>0)::bigint, r->>1 \
              FROM json_array_elements($1::json) AS r"
         );
