@@ -144,17 +144,22 @@ async fn concurrent_holds_give_exactly_the_stock() {
     assert_eq!(n.scratch.units(item).await.unwrap(), (0, 50, 0, 0));
 }
 
-#[tokio::test]
-async fn units_that_come_back_wake_a_sold_out_actor() {
+/// A node whose one item (1 unit) is sold out and known to be.
+async fn sold_out_item() -> (Node, ItemId) {
     let n = node(4).await;
-    let item = n.scratch.item(100, 1).await.unwrap();
-    let id = ItemId::from_db(item);
+    let id = ItemId::from_db(n.scratch.item(100, 1).await.unwrap());
     n.stock.hold(id, 1, q(1), WITHIN).await.unwrap();
     assert_eq!(
         n.stock.hold(id, 2, q(1), WITHIN).await,
         Err(ReserveError::OutOfStock)
     );
     assert!(n.stock.known_sold_out(id));
+    (n, id)
+}
+
+#[tokio::test]
+async fn units_that_come_back_wake_a_sold_out_actor() {
+    let (n, id) = sold_out_item().await;
     // A unit comes back to the row (as a cancellation would) and the actor is told.
     n.scratch
         .db
@@ -168,15 +173,7 @@ async fn units_that_come_back_wake_a_sold_out_actor() {
 
 #[tokio::test]
 async fn units_that_come_back_unannounced_are_found_by_the_background_recheck() {
-    let n = node(4).await;
-    let item = n.scratch.item(100, 1).await.unwrap();
-    let id = ItemId::from_db(item);
-    n.stock.hold(id, 1, q(1), WITHIN).await.unwrap();
-    assert_eq!(
-        n.stock.hold(id, 2, q(1), WITHIN).await,
-        Err(ReserveError::OutOfStock)
-    );
-    assert!(n.stock.known_sold_out(id));
+    let (n, id) = sold_out_item().await;
     // Units come back without anyone telling the actor (as the sweeper's expiries do).
     n.scratch
         .db
