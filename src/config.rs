@@ -113,6 +113,20 @@ pub struct Config {
     pub coupon_answer_timeout: Duration,
     /// `SURGE_REDIS_URL` and friends: Redis holds the live coupon counts. `None`: embedded.
     pub redis: Option<RedisSettings>,
+    /// `SURGE_KAFKA_BROKERS` and `SURGE_KAFKA_TOPIC_PREFIX`: the relay publishes to Kafka and
+    /// the consumers read from it. `None`: events go from the outbox to the consumers in-process.
+    pub kafka: Option<KafkaSettings>,
+    /// `SURGE_OUTBOX_RETENTION_S`: published events are purged after this.
+    pub outbox_retention: Duration,
+}
+
+/// Where events are published.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port,…`.
+    pub brokers: String,
+    /// Put before each topic's name (`surge.` makes `surge.orders`).
+    pub topic_prefix: String,
 }
 
 /// Where the coupon store lives in scaled mode.
@@ -135,7 +149,7 @@ pub struct RedisSettings {
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 21] = [
+const VARIABLES: [&str; 23] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -156,6 +170,8 @@ const VARIABLES: [&str; 21] = [
     "SURGE_COUPON_CLAIM_IDLE_MS",
     "SURGE_REDIS_TIMEOUT_MS",
     "SURGE_KAFKA_BROKERS",
+    "SURGE_KAFKA_TOPIC_PREFIX",
+    "SURGE_OUTBOX_RETENTION_S",
     "SURGE_MONGO_URL",
 ];
 
@@ -272,10 +288,22 @@ pub struct ServeArgs {
           value_parser = or_default("1000", number(10, 60_000)))]
     pub redis_timeout_ms: u64,
 
-    /// Cluster mode over Kafka: not part of this build yet (refused when set).
-    #[arg(long, env = "SURGE_KAFKA_BROKERS", default_value = "", hide = true,
+    /// Kafka brokers (host:port,…): the outbox relay publishes every event there and the
+    /// read-model consumers read from it [default: none: events flow in-process]. Needs a
+    /// build with the `kafka` feature.
+    #[arg(long, env = "SURGE_KAFKA_BROKERS", default_value = "", hide_default_value = true,
           value_parser = optional(parse_text))]
     pub kafka_brokers: Unset<String>,
+
+    /// Put before every topic name (with --kafka-brokers).
+    #[arg(long, env = "SURGE_KAFKA_TOPIC_PREFIX", default_value = "surge.",
+          value_parser = or_default("surge.", parse_topic_prefix))]
+    pub kafka_topic_prefix: String,
+
+    /// Published events are kept this long, then purged from the outbox.
+    #[arg(long, env = "SURGE_OUTBOX_RETENTION_S", default_value = "86400",
+          value_parser = or_default("86400", number(1, 90 * 86_400)))]
+    pub outbox_retention_s: u64,
 
     /// The MongoDB read model: not part of this build yet (refused when set).
     #[arg(long, env = "SURGE_MONGO_URL", default_value = "", hide = true,
@@ -292,18 +320,17 @@ impl ServeArgs {
                 "must start with sqlite:, postgres:// or postgresql://",
             )
         })?;
-        for (variable, set, what) in [
-            (
+        if self.kafka_brokers.0.is_some() && !cfg!(feature = "kafka") {
+            return Err(invalid(
                 "SURGE_KAFKA_BROKERS",
-                self.kafka_brokers.0.is_some(),
-                "cluster mode over Kafka",
-            ),
-            (
-                "SURGE_MONGO_URL",
-                self.mongo_url.0.is_some(),
-                "the MongoDB read model",
-            ),
-        ] {
+                "this build has no Kafka client; build with `--features kafka` or unset it",
+            ));
+        }
+        for (variable, set, what) in [(
+            "SURGE_MONGO_URL",
+            self.mongo_url.0.is_some(),
+            "the MongoDB read model",
+        )] {
             if set {
                 return Err(invalid(
                     variable,
@@ -367,6 +394,11 @@ impl ServeArgs {
             stock_strategy: self.stock_strategy,
             coupon_answer_timeout: Duration::from_millis(self.coupon_answer_timeout_ms),
             redis,
+            kafka: self.kafka_brokers.0.map(|brokers| KafkaSettings {
+                brokers,
+                topic_prefix: self.kafka_topic_prefix,
+            }),
+            outbox_retention: Duration::from_secs(self.outbox_retention_s),
         })
     }
 }
@@ -513,6 +545,20 @@ fn parse_key_prefix(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+/// Kafka topic names allow `[A-Za-z0-9._-]`; the prefix is at most 64 of them.
+fn parse_topic_prefix(raw: &str) -> Result<String, String> {
+    if raw.len() > MAX_KEY_PREFIX
+        || !raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return Err(format!(
+            "must be 1 to {MAX_KEY_PREFIX} characters of [A-Za-z0-9_.-]"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -573,6 +619,15 @@ mod tests {
                 ],
                 "SURGE_REDIS_KEY_PREFIX",
             ),
+            (
+                &[("SURGE_KAFKA_TOPIC_PREFIX", "no spaces")],
+                "SURGE_KAFKA_TOPIC_PREFIX",
+            ),
+            (
+                &[("SURGE_OUTBOX_RETENTION_S", "0")],
+                "SURGE_OUTBOX_RETENTION_S",
+            ),
+            #[cfg(not(feature = "kafka"))]
             (
                 &[("SURGE_KAFKA_BROKERS", "127.0.0.1:9092")],
                 "SURGE_KAFKA_BROKERS",

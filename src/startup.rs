@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use surge_actors::events::{EventSink, InProcessSink, MyPageProjection, OutboxRelay, RelayConfig};
 use surge_actors::orders::{recovery, sweeper};
 use surge_actors::{
     BaselineStock, CouponActors, CouponConfig, CouponStore, IssueWriter, IssueWriterConfig,
@@ -23,7 +24,7 @@ use surge_supervisors::{CircuitConfig, CircuitRegistry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{BootstrapAdmin, Config};
+use crate::config::{BootstrapAdmin, Config, KafkaSettings};
 
 /// Name of the generated signing key kept next to the embedded database.
 const JWT_KEY_FILE: &str = "jwt-secret";
@@ -51,6 +52,9 @@ pub enum StartupError {
     /// Redis (the coupon store) did not answer.
     #[error("redis: {0}")]
     Redis(String),
+    /// The Kafka client could not be configured.
+    #[error("kafka: {0}")]
+    Kafka(String),
 }
 
 /// Stops a running node as SIGTERM would. Cloneable; used by tests and embedders.
@@ -81,6 +85,10 @@ struct Writers {
     commits: WriterGuard,
     /// Redis mode: the stream-to-database writer of coupon issues.
     issues: Option<IssueWriter>,
+    /// The outbox relay; finished after the writer, so the last commits' events go out.
+    relay: OutboxRelay,
+    /// Consumer loops fed by the broker (none in-process).
+    consumers: ConsumerTasks,
     /// Lifetime of an unconfirmed reservation, for the sweeper.
     reservation_ttl: Duration,
 }
@@ -209,7 +217,19 @@ impl Application {
         if reclaimed > 0 || compensated > 0 {
             tracing::info!(reclaimed, compensated, "recovered from the previous run");
         }
+        let my_page = MyPageProjection::new(db.clone());
+        let events = EventRoute::start(config.kafka.as_ref(), my_page)?;
+        let relay = OutboxRelay::start(
+            db.clone(),
+            events.sink,
+            circuits.get_or_create(events.breaker_name, CircuitConfig::default()),
+            RelayConfig {
+                node_id: config.node_id.clone(),
+                retention: config.outbox_retention,
+            },
+        );
         let state = AppState {
+            relay: relay.stats(),
             db,
             auth: Arc::new(auth),
             metrics: Arc::new(Metrics::new()),
@@ -238,6 +258,8 @@ impl Application {
         let writers = Writers {
             commits: writer,
             issues: issue_writer,
+            relay,
+            consumers: events.consumers,
             reservation_ttl: config.reservation_ttl,
         };
         Ok(Self {
@@ -288,6 +310,9 @@ impl Application {
         // this future is dropped.
         let mut background = Background::new(stop.clone());
         background.spawn(purge_sessions(state.db.clone(), stop.subscribe()));
+        for consumer in writers.consumers.0 {
+            background.spawn(consumer(stop.subscribe()));
+        }
         background.spawn(sweeper::run(
             state.orders.committer.clone(),
             reservation_ttl,
@@ -331,11 +356,83 @@ impl Application {
             issues.stop().await;
         }
         writers.commits.finish().await;
+        // Last: what the final commits wrote is delivered before the pool closes.
+        writers.relay.finish().await;
         state.db.close().await;
         tracing::info!("surge stopped");
         served
     }
 }
+
+/// A consumer loop that runs until its stop signal (the Kafka projection).
+type ConsumerTask = Box<
+    dyn FnOnce(
+            watch::Receiver<bool>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// The consumer loops a node runs.
+struct ConsumerTasks(Vec<ConsumerTask>);
+
+impl std::fmt::Debug for ConsumerTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConsumerTasks({})", self.0.len())
+    }
+}
+
+/// Where this node's events go: the relay's sink, the breaker it is guarded by, and the
+/// consumer loops to run (none in-process: the sink itself calls the consumers).
+struct EventRoute {
+    sink: Arc<dyn EventSink>,
+    breaker_name: &'static str,
+    consumers: ConsumerTasks,
+}
+
+impl EventRoute {
+    fn start(
+        kafka: Option<&KafkaSettings>,
+        my_page: MyPageProjection,
+    ) -> Result<Self, StartupError> {
+        match kafka {
+            None => Ok(Self {
+                sink: Arc::new(InProcessSink::new(my_page)),
+                breaker_name: "read-model",
+                consumers: ConsumerTasks(Vec::new()),
+            }),
+            #[cfg(feature = "kafka")]
+            Some(kafka) => {
+                use surge_actors::events::kafka::{KafkaSink, run_projection};
+                use surge_persistence::kafka::{KafkaPublisher, KafkaSubscriber};
+                let publisher = KafkaPublisher::connect(&kafka.brokers, &kafka.topic_prefix)
+                    .map_err(|e| StartupError::Kafka(e.to_string()))?;
+                let subscriber =
+                    KafkaSubscriber::connect(&kafka.brokers, &kafka.topic_prefix, MY_PAGE_GROUP)
+                        .map_err(|e| StartupError::Kafka(e.to_string()))?;
+                let consumer: ConsumerTask =
+                    Box::new(move |stop| Box::pin(run_projection(subscriber, my_page, stop)));
+                Ok(Self {
+                    sink: Arc::new(KafkaSink::new(
+                        publisher,
+                        &kafka.brokers,
+                        &kafka.topic_prefix,
+                    )),
+                    breaker_name: "kafka",
+                    consumers: ConsumerTasks(vec![consumer]),
+                })
+            }
+            #[cfg(not(feature = "kafka"))]
+            Some(_) => Err(StartupError::Kafka(
+                "this build has no Kafka client (build with --features kafka)".into(),
+            )),
+        }
+    }
+}
+
+/// The consumer group of the my-page projection: one group across the nodes, so each event is
+/// applied by one of them.
+#[cfg(feature = "kafka")]
+const MY_PAGE_GROUP: &str = "surge-my-page";
 
 /// Resolves once `stop` turns true.
 fn stopped(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {

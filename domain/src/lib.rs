@@ -8,19 +8,24 @@
 
 mod coupon;
 mod error;
+mod event;
 mod ids;
 mod item;
 mod member;
+mod my_page;
 mod order;
 mod paging;
 mod status;
 mod text;
+pub mod time_fmt;
 
 pub use coupon::*;
 pub use error::*;
+pub use event::*;
 pub use ids::*;
 pub use item::*;
 pub use member::*;
+pub use my_page::*;
 pub use order::*;
 pub use paging::*;
 pub use status::*;

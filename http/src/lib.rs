@@ -10,7 +10,7 @@ pub mod metrics;
 mod password;
 mod routes;
 mod state;
-mod time_fmt;
+use surge_domain::time_fmt;
 
 use std::sync::Arc;
 
@@ -41,7 +41,8 @@ pub use state::{AppState, OrderServices};
         routes::orders::cancel, routes::orders::events,
         routes::coupons::create, routes::coupons::get, routes::coupons::issue,
         routes::coupons::queue_me, routes::coupons::mine,
-        routes::admin::actors, routes::admin::circuits,
+        routes::my_page::get,
+        routes::admin::actors, routes::admin::circuits, routes::admin::outbox,
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
     components(schemas(ErrorBody)),
@@ -69,7 +70,7 @@ impl Modify for BearerAuth {
 
 /// The public API router.
 pub fn router(state: AppState) -> Router {
-    use routes::{admin, auth, coupons, items, ops, orders, users};
+    use routes::{admin, auth, coupons, items, my_page, ops, orders, users};
     let api = Router::new()
         .route("/api/v1/users", post(users::sign_up))
         .route("/api/v1/users/me", get(users::me))
@@ -94,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/users/me/coupons", get(coupons::mine))
         .route("/api/v1/admin/actors", get(admin::actors))
         .route("/api/v1/admin/circuits", get(admin::circuits))
+        .route("/api/v1/admin/outbox", get(admin::outbox))
+        .route("/api/v1/my-page", get(my_page::get))
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics_for_admin))

@@ -9,6 +9,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -29,6 +30,16 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RouteLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    outbox: OutboxGauges,
+}
+
+/// The outbox relay's figures, set from its stats at each scrape.
+#[derive(Default)]
+struct OutboxGauges {
+    lag_rows: Gauge,
+    lag_age_ms: Gauge,
+    published: Gauge,
+    failures: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -55,11 +66,45 @@ impl Metrics {
             "Time to answer an HTTP request",
             latency.clone(),
         );
+        let outbox = OutboxGauges::default();
+        registry.register(
+            "outbox_lag_rows",
+            "Events in the outbox not yet delivered",
+            outbox.lag_rows.clone(),
+        );
+        registry.register(
+            "outbox_lag_age_milliseconds",
+            "Age of the oldest event not yet delivered",
+            outbox.lag_age_ms.clone(),
+        );
+        registry.register(
+            "outbox_published_events",
+            "Events this node's relay delivered since it started",
+            outbox.published.clone(),
+        );
+        registry.register(
+            "outbox_failed_rounds",
+            "Relay rounds that failed and were retried, since start",
+            outbox.failures.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
+            outbox,
         }
+    }
+
+    /// Takes the relay's current figures into the outbox gauges.
+    pub fn observe_relay(&self, relay: &surge_actors::events::RelaySnapshot) {
+        self.outbox.lag_rows.set(relay.lag_rows);
+        self.outbox.lag_age_ms.set(relay.lag_age_ms);
+        self.outbox
+            .published
+            .set(i64::try_from(relay.published).unwrap_or(i64::MAX));
+        self.outbox
+            .failures
+            .set(i64::try_from(relay.failures).unwrap_or(i64::MAX));
     }
 
     /// The registry in Prometheus text format.

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use surge_actors::events::RelayStats;
 use surge_actors::{CouponActors, OrderSagas, StockActors};
 use surge_persistence::Database;
 use surge_persistence::committer::{CommitStats, GroupCommitter};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub coupons: CouponActors,
     /// Item records last read, served while the database is down.
     pub items: Arc<LastKnownItems>,
+    /// The outbox relay's figures.
+    pub relay: Arc<RelayStats>,
 }
 
 /// The order machinery as the HTTP layer sees it.

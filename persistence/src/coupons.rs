@@ -1,8 +1,9 @@
 //! Coupons and the coupons members hold.
 
 use sqlx::{AnyConnection, FromRow};
-use surge_domain::CouponStatus;
+use surge_domain::{CouponStatus, Event, EventType};
 
+use crate::outbox;
 use crate::{Database, PersistenceError, now_millis};
 
 /// A coupon definition as the admin creates it (and as stored, with its id: [`CouponRecord`]).
@@ -94,7 +95,7 @@ pub(crate) async fn insert_issues(
 ) -> Result<u64, sqlx::Error> {
     let mut inserted = 0;
     for issue in issues {
-        inserted += sqlx::query(
+        let new = sqlx::query(
             "INSERT INTO coupon_issues (coupon_id, user_id, status, idem_key, issued_at) \
              VALUES ($1, $2, 'UNUSED', $3, $4) ON CONFLICT (coupon_id, user_id) DO NOTHING",
         )
@@ -105,6 +106,23 @@ pub(crate) async fn insert_issues(
         .execute(&mut *conn)
         .await?
         .rows_affected();
+        if new == 1 {
+            let payload = serde_json::json!({
+                "couponId": issue.coupon_id,
+                "userId": issue.user_id,
+                "status": CouponStatus::Unused.as_str(),
+                "issuedAt": surge_domain::time_fmt::rfc3339(issue.issued_at),
+            });
+            let event = Event::new(
+                EventType::CouponIssued,
+                issue.coupon_id,
+                Some(issue.user_id),
+                issue.issued_at,
+                payload,
+            );
+            outbox::append(conn, &event).await?;
+        }
+        inserted += new;
     }
     Ok(inserted)
 }
@@ -151,16 +169,19 @@ pub(crate) async fn take_for_order(
     }))
 }
 
-/// Gives back the coupon an order used (failed or cancelled order). Idempotent.
-pub(crate) async fn give_back(conn: &mut AnyConnection, order_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Gives back the coupon an order used (failed or cancelled order). Idempotent. Returns the
+/// coupon and its holder when one went back.
+pub(crate) async fn give_back(
+    conn: &mut AnyConnection,
+    order_id: i64,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    sqlx::query_as(
         "UPDATE coupon_issues SET status = 'UNUSED', order_id = NULL \
-         WHERE order_id = $1 AND status = 'USED'",
+         WHERE order_id = $1 AND status = 'USED' RETURNING coupon_id, user_id",
     )
     .bind(order_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 impl Database {

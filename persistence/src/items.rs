@@ -1,8 +1,11 @@
 //! Items and their stock.
 
 use sqlx::FromRow;
-use surge_domain::{ItemId, ItemName, MAX_STOCK, Money, RestockQuantity, StockLevel};
+use surge_domain::{
+    Event, EventType, ItemId, ItemName, MAX_STOCK, Money, RestockQuantity, StockLevel,
+};
 
+use crate::outbox;
 use crate::{Database, PersistenceError, now_millis};
 
 /// An item as stored. `available` is the units no one holds.
@@ -75,6 +78,7 @@ impl Database {
         stock: StockLevel,
     ) -> Result<ItemRecord, PersistenceError> {
         let now = now_millis();
+        let mut tx = self.begin_write().await?;
         let row: ItemRow = sqlx::query_as(
             "INSERT INTO items (name, price, available, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $4) RETURNING id, name, price, available",
@@ -83,8 +87,17 @@ impl Database {
         .bind(price.get())
         .bind(stock.get())
         .bind(now)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
+        let payload = serde_json::json!({
+            "itemId": row.id, "name": row.name, "price": row.price, "stock": row.available,
+        });
+        outbox::append(
+            &mut tx,
+            &Event::new(EventType::ItemCreated, row.id, None, now, payload),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(row.into())
     }
 
@@ -129,17 +142,25 @@ impl Database {
         id: ItemId,
         quantity: RestockQuantity,
     ) -> Result<ItemRecord, PersistenceError> {
+        let now = now_millis();
+        let mut tx = self.begin_write().await?;
         let row: Option<ItemRow> = sqlx::query_as(
             "UPDATE items SET available = available + $1, updated_at = $2 \
              WHERE id = $3 AND available + $1 + COALESCE((SELECT units FROM stock_allotments \
                WHERE item_id = $3), 0) <= $4 RETURNING id, name, price, available",
         )
         .bind(quantity.get())
-        .bind(now_millis())
+        .bind(now)
         .bind(id.get())
         .bind(MAX_STOCK)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
+        if row.is_some() {
+            let payload = serde_json::json!({"itemId": id.get(), "quantity": quantity.get()});
+            let event = Event::new(EventType::ItemRestocked, id.get(), None, now, payload);
+            outbox::append(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
         match row {
             Some(_) => self.item_by_id(id).await?.ok_or(PersistenceError::NotFound),
             None if self.item_by_id(id).await?.is_some() => Err(PersistenceError::LimitExceeded),

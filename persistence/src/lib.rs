@@ -11,7 +11,11 @@ pub mod coupons;
 mod db;
 mod error;
 pub mod items;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+pub mod my_page;
 pub mod orders;
+pub mod outbox;
 mod placement;
 pub mod redis_coupons;
 pub mod sessions;

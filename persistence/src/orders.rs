@@ -8,9 +8,10 @@
 //! the reads at the bottom.
 
 use sqlx::{AnyConnection, FromRow};
-use surge_domain::{LineStatus, OrderStatus};
+use surge_domain::{Event, EventType, LineStatus, OrderStatus, time_fmt};
 
 use crate::coupons::{self, CouponRefusal};
+use crate::outbox;
 use crate::stock::{self as stock_rows, ReservationStatus};
 use crate::{Database, PersistenceError};
 
@@ -217,23 +218,82 @@ const ORDER_COLUMNS: &str =
 
 // ---- statements run inside a group-commit transaction -------------------------------------
 
-/// The order's event, in the same transaction as its change (the transactional outbox).
-async fn outbox(
+impl OrderRecord {
+    /// The order in the contract's JSON shape (`{orderId, userId, status, lines, …}`): the
+    /// payload of its events and an entry of the member's page.
+    pub fn to_document(&self) -> serde_json::Value {
+        let lines: Vec<serde_json::Value> = self
+            .lines
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "itemId": l.item_id,
+                    "quantity": l.quantity,
+                    "unitPrice": l.unit_price,
+                    "status": l.status.as_str(),
+                })
+            })
+            .collect();
+        let mut doc = serde_json::json!({
+            "orderId": self.id,
+            "userId": self.user_id,
+            "status": self.status.as_str(),
+            "lines": lines,
+            "couponId": self.coupon_id,
+            "totalPrice": self.total_price,
+            "discount": self.discount,
+            "createdAt": time_fmt::rfc3339(self.created_at),
+            "updatedAt": time_fmt::rfc3339(self.updated_at),
+        });
+        if let (Some(reason), Some(map)) = (&self.failure_reason, doc.as_object_mut()) {
+            map.insert("failureReason".into(), reason.clone().into());
+        }
+        doc
+    }
+}
+
+/// The order's event, in the same transaction as its change (the transactional outbox): the
+/// order as it is after the change.
+async fn order_event(
     conn: &mut AnyConnection,
     order_id: i64,
     status: OrderStatus,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let payload = format!(r#"{{"orderId":{order_id},"status":"{status}","at":{now}}}"#);
-    sqlx::query(
-        "INSERT INTO outbox (topic, event_key, payload, created_at) VALUES ('order-status', $1, $2, $3)",
-    )
-    .bind(order_id.to_string())
-    .bind(payload)
-    .bind(now)
-    .execute(&mut *conn)
+    let kind = match status {
+        OrderStatus::Succeeded => EventType::OrderSucceeded,
+        OrderStatus::Cancelled => EventType::OrderCancelled,
+        OrderStatus::Failed => EventType::OrderFailed,
+        OrderStatus::Processing => return Ok(()),
+    };
+    let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"
+    )))
+    .bind(order_id)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    let lines = sqlx::query_as::<_, LineRow>(
+        "SELECT item_id, quantity, unit_price, status FROM order_lines \
+         WHERE order_id = $1 ORDER BY line_no",
+    )
+    .bind(order_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(LineRow::decode)
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+    let order = row
+        .with_lines(lines)
+        .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+    let event = Event::new(
+        kind,
+        order_id,
+        Some(order.user_id),
+        now,
+        order.to_document(),
+    );
+    outbox::append(conn, &event).await
 }
 
 /// Moves an order from `from` to `to` (at most once: a conditional update), releasing its
@@ -264,7 +324,18 @@ async fn end_order(
         return Ok(false);
     }
     stock_rows::release_all(conn, order_id, units, now).await?;
-    coupons::give_back(conn, order_id).await?;
+    if let Some((coupon_id, user_id)) = coupons::give_back(conn, order_id).await? {
+        let payload =
+            serde_json::json!({"couponId": coupon_id, "userId": user_id, "orderId": order_id});
+        let event = Event::new(
+            EventType::CouponReturned,
+            coupon_id,
+            Some(user_id),
+            now,
+            payload,
+        );
+        outbox::append(conn, &event).await?;
+    }
     sqlx::query(
         "UPDATE order_lines SET status = 'RELEASED' WHERE order_id = $1 AND status <> 'OUT_OF_STOCK' \
          AND status <> 'ITEM_NOT_FOUND'",
@@ -272,7 +343,7 @@ async fn end_order(
     .bind(order_id)
     .execute(&mut *conn)
     .await?;
-    outbox(conn, order_id, to, now).await?;
+    order_event(conn, order_id, to, now).await?;
     Ok(true)
 }
 

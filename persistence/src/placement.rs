@@ -13,11 +13,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use sqlx::AnyConnection;
-use surge_domain::{LineStatus, OrderStatus};
+use surge_domain::{Event, EventType, LineStatus, OrderStatus};
 
 use crate::Backend;
 use crate::coupons;
-use crate::orders::{HoldSource, NewOrder, PlaceOutcome, StockHold};
+use crate::orders::{HoldSource, NewOrder, OrderLineRecord, OrderRecord, PlaceOutcome, StockHold};
 use crate::stock as stock_rows;
 
 /// Row counts a multi-row statement is prepared for; a batch is cut into chunks of these sizes
@@ -381,17 +381,57 @@ async fn insert_orders(
                 ]);
             }
         }
-        payload.clear();
-        payload.push_str(&format!(
-            r#"{{"orderId":{},"status":"{succeeded}","at":{now}}}"#,
-            o.id
-        ));
-        event_rows.row(&[
-            Cell::Text("order-status"),
-            Cell::Text(&o.id.to_string()),
-            Cell::Text(&payload),
-            Cell::Int(now),
-        ]);
+        let record = OrderRecord {
+            id: o.id,
+            user_id: o.user_id,
+            status: OrderStatus::Succeeded,
+            coupon_id: o.coupon_id,
+            total_price: o.total_price,
+            discount: o.discount,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+            lines: o
+                .lines
+                .iter()
+                .map(|l| OrderLineRecord {
+                    item_id: l.item_id,
+                    quantity: l.quantity,
+                    unit_price: l.unit_price,
+                    status: LineStatus::Reserved,
+                })
+                .collect(),
+        };
+        let mut events = vec![Event::new(
+            EventType::OrderSucceeded,
+            o.id,
+            Some(o.user_id),
+            now,
+            record.to_document(),
+        )];
+        if let Some(coupon_id) = o.coupon_id {
+            let payload =
+                serde_json::json!({"couponId": coupon_id, "userId": o.user_id, "orderId": o.id});
+            events.push(Event::new(
+                EventType::CouponUsed,
+                coupon_id,
+                Some(o.user_id),
+                now,
+                payload,
+            ));
+        }
+        for event in &events {
+            payload.clear();
+            payload.push_str(&event.to_json());
+            event_rows.row(&[
+                Cell::Text(event.topic().suffix()),
+                Cell::Text(&event.key()),
+                Cell::Text(&payload),
+                Cell::Int(now),
+                Cell::Text(&event.event_id),
+                Cell::Int(o.user_id),
+            ]);
+        }
     }
     let tables: [(&str, &[Column]); 4] = [
         (
@@ -438,6 +478,8 @@ async fn insert_orders(
                 Text("event_key"),
                 Text("payload"),
                 Int("created_at"),
+                Text("event_id"),
+                Int("user_id"),
             ],
         ),
     ];

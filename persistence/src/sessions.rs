@@ -4,8 +4,9 @@
 //! one marks it rotated and issues the next in the same transaction. Presenting a rotated token
 //! again means it was copied, so the whole session is revoked.
 
-use surge_domain::UserId;
+use surge_domain::{Event, EventType, UserId};
 
+use crate::outbox;
 use crate::{Database, PersistenceError};
 
 /// What happened to a presented refresh token.
@@ -178,15 +179,30 @@ impl Database {
     }
 }
 
+/// Revokes a session and writes its `SessionRevoked` event (other nodes drop its tokens).
 async fn revoke_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     session_id: &str,
     now: i64,
 ) -> Result<(), PersistenceError> {
-    sqlx::query("UPDATE auth_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-        .bind(now)
-        .bind(session_id)
-        .execute(&mut **tx)
-        .await?;
+    let revoked: Option<(i64,)> = sqlx::query_as(
+        "UPDATE auth_sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+         RETURNING user_id",
+    )
+    .bind(now)
+    .bind(session_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some((user_id,)) = revoked {
+        let payload = serde_json::json!({"sessionId": session_id, "userId": user_id});
+        let event = Event::new(
+            EventType::SessionRevoked,
+            user_id,
+            Some(user_id),
+            now,
+            payload,
+        );
+        outbox::append(tx, &event).await?;
+    }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! Members: accounts with a login id, an argon2 password hash, a name and a role.
 
 use sqlx::FromRow;
-use surge_domain::{LoginId, Role, UserId, UserName};
+use surge_domain::{Event, EventType, LoginId, Role, UserId, UserName};
 
+use crate::outbox;
 use crate::{Database, PersistenceError, now_millis};
 
 /// A member as stored.
@@ -67,6 +68,7 @@ impl Database {
     /// Creates a member. A taken login id is [`PersistenceError::Conflict`].
     pub async fn insert_user(&self, new: NewUser<'_>) -> Result<UserRecord, PersistenceError> {
         let now = now_millis();
+        let mut tx = self.begin_write().await?;
         let row: UserRow = sqlx::query_as(
             "INSERT INTO users (login_id, password_hash, name, role, created_at) \
              VALUES ($1, $2, $3, $4, $5) \
@@ -77,8 +79,23 @@ impl Database {
         .bind(new.name.as_str())
         .bind(new.role.as_str())
         .bind(now)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
+        let payload = serde_json::json!({
+            "userId": row.id,
+            "loginId": row.login_id,
+            "name": row.name,
+            "role": row.role,
+        });
+        let event = Event::new(
+            EventType::MemberSignedUp,
+            row.id,
+            Some(row.id),
+            now,
+            payload,
+        );
+        outbox::append(&mut tx, &event).await?;
+        tx.commit().await?;
         row.try_into()
     }
 

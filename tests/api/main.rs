@@ -9,6 +9,7 @@ mod coupon_orders;
 mod coupon_outage;
 mod coupons;
 mod errors;
+mod events;
 mod items;
 mod members;
 mod ops;

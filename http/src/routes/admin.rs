@@ -44,3 +44,12 @@ pub async fn actors(State(state): State<AppState>, Admin(_): Admin) -> Json<Valu
 pub async fn circuits(State(state): State<AppState>, Admin(_): Admin) -> Json<Value> {
     Json(json!({ "circuits": state.orders.circuits.snapshots() }))
 }
+
+/// The outbox relay: where events go (`kafka` or `in-process`), whether this node holds the
+/// relay lease, what it delivered, and the lag (events waiting, age of the oldest).
+#[utoipa::path(get, path = "/api/v1/admin/outbox", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "{sink, leader, published, batches, failures, purged, lagRows, lagAgeMs}"),
+              (status = 403, body = ErrorBody)))]
+pub async fn outbox(State(state): State<AppState>, Admin(_): Admin) -> Json<Value> {
+    Json(json!(state.relay.snapshot()))
+}

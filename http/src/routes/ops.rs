@@ -45,6 +45,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 fn prometheus_text(state: &AppState) -> Response {
+    state.metrics.observe_relay(&state.relay.snapshot());
     (
         [(
             header::CONTENT_TYPE,
