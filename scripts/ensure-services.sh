@@ -15,6 +15,9 @@
 # Services and what they export:
 #   postgres  SURGE_TEST_PG_URL     a URL whose role can CREATE DATABASE
 #   redis     SURGE_TEST_REDIS_URL
+#   kafka     SURGE_TEST_KAFKA_BROKERS (a tansu broker, installed with cargo when missing)
+#             and SURGE_TEST_TANSU (its binary, for tests that start brokers of their own);
+#             also installs what the rdkafka crate builds with (cmake, libcurl headers)
 #
 # Environment knobs:
 #   SURGE_TEST_PG_URL       kept if it already works (connects + can create DBs)
@@ -308,17 +311,76 @@ ensure_redis() {
 }
 
 # --------------------------------------------------------------------------
+# Kafka protocol: tansu (a Kafka-compatible broker written in Rust)
+# --------------------------------------------------------------------------
+
+KAFKA_HOST=127.0.0.1
+KAFKA_PORT=${SURGE_KAFKA_PORT:-9092}
+KAFKA_READY_TIMEOUT=60
+# A plain install has no storage engine (writes are dropped); these features give it one.
+TANSU_VERSION=0.6.0
+TANSU_FEATURES=dynostore,libsql
+
+kafka_port_open() { (exec 3<>"/dev/tcp/$KAFKA_HOST/$KAFKA_PORT") 2>/dev/null; }
+
+tansu_bin() {
+  if command -v tansu >/dev/null 2>&1; then
+    command -v tansu
+  elif [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+    echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+  fi
+}
+
+ensure_kafka() {
+  # What rdkafka's bundled librdkafka build needs (the curl header even with curl off).
+  if ! command -v cmake >/dev/null 2>&1 || [ ! -e /usr/include/x86_64-linux-gnu/curl/curl.h ] &&
+    [ ! -e /usr/include/curl/curl.h ]; then
+    apt_install cmake libcurl4-openssl-dev
+  fi
+  local bin
+  bin=$(tansu_bin)
+  if [ -z "$bin" ]; then
+    # A debug build serves tests as fast as a release one and builds in about half the time
+    # (~8 min on 2 cores); cargo keeps it in ~/.cargo/bin for the next run.
+    log "kafka: installing tansu $TANSU_VERSION with cargo (once, ~8 min)"
+    cargo install "tansu@$TANSU_VERSION" --locked --features "$TANSU_FEATURES" --debug >&2
+    bin=$(tansu_bin)
+    [ -n "$bin" ] || die "kafka: tansu did not install"
+  fi
+  if kafka_port_open; then
+    log "kafka: already listening on $KAFKA_HOST:$KAFKA_PORT"
+  else
+    log "kafka: starting tansu on $KAFKA_HOST:$KAFKA_PORT (in-memory storage)"
+    setsid nohup "$bin" broker \
+      --listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://$KAFKA_HOST:$KAFKA_PORT" \
+      --storage-engine memory://tansu/ >"${TMPDIR:-/tmp}/surge-tansu.log" 2>&1 </dev/null &
+    local deadline=$((SECONDS + KAFKA_READY_TIMEOUT))
+    until kafka_port_open; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        die "kafka: tansu not listening after ${KAFKA_READY_TIMEOUT}s (see ${TMPDIR:-/tmp}/surge-tansu.log)"
+      fi
+      sleep 0.2
+    done
+    log "kafka: ready"
+  fi
+  emit_export SURGE_TEST_KAFKA_BROKERS "$KAFKA_HOST:$KAFKA_PORT"
+  emit_export SURGE_TEST_TANSU "$bin"
+}
+
+# --------------------------------------------------------------------------
 
 main() {
   if [ "$#" -eq 0 ]; then
-    die "usage: $0 SERVICE... (known: postgres redis)"
+    die "usage: $0 SERVICE... (known: postgres redis kafka)"
   fi
   local svc
   for svc in "$@"; do
     case "$svc" in
     postgres | postgresql | pg) ensure_postgres ;;
     redis) ensure_redis ;;
-    *) die "unknown service '$svc' (known: postgres redis)" ;;
+    kafka) ensure_kafka ;;
+    *) die "unknown service '$svc' (known: postgres redis kafka)" ;;
     esac
   done
 }

@@ -18,10 +18,11 @@ if [ -n "${CI:-}" ]; then
 fi
 
 # Two steps on purpose: `eval "$(...)"` would ignore a failure of the script.
-service_exports=$(bash scripts/ensure-services.sh postgres redis)
+service_exports=$(bash scripts/ensure-services.sh postgres redis kafka)
 eval "$service_exports"
 
-cargo_args=(test --workspace)
+# `kafka`: the Kafka producer and consumer are built and tested against the tansu broker.
+cargo_args=(test --workspace --features kafka)
 if [ -f Cargo.lock ]; then
   cargo_args+=(--locked)
 fi

@@ -402,15 +402,17 @@ impl EventRoute {
             }),
             #[cfg(feature = "kafka")]
             Some(kafka) => {
-                use surge_actors::events::kafka::{KafkaSink, run_projection};
-                use surge_persistence::kafka::{KafkaPublisher, KafkaSubscriber};
+                use surge_actors::events::kafka::{ConsumerPlace, KafkaSink, run_projection};
+                use surge_persistence::kafka::KafkaPublisher;
                 let publisher = KafkaPublisher::connect(&kafka.brokers, &kafka.topic_prefix)
                     .map_err(|e| StartupError::Kafka(e.to_string()))?;
-                let subscriber =
-                    KafkaSubscriber::connect(&kafka.brokers, &kafka.topic_prefix, MY_PAGE_GROUP)
-                        .map_err(|e| StartupError::Kafka(e.to_string()))?;
+                let place = ConsumerPlace {
+                    brokers: kafka.brokers.clone(),
+                    prefix: kafka.topic_prefix.clone(),
+                    group: format!("{}{MY_PAGE_GROUP}", kafka.topic_prefix),
+                };
                 let consumer: ConsumerTask =
-                    Box::new(move |stop| Box::pin(run_projection(subscriber, my_page, stop)));
+                    Box::new(move |stop| Box::pin(run_projection(place, my_page, stop)));
                 Ok(Self {
                     sink: Arc::new(KafkaSink::new(
                         publisher,
@@ -429,10 +431,10 @@ impl EventRoute {
     }
 }
 
-/// The consumer group of the my-page projection: one group across the nodes, so each event is
-/// applied by one of them.
+/// The consumer group of the my-page projection (after the topic prefix): one group across the
+/// nodes of a deployment, so each event is applied by one of them.
 #[cfg(feature = "kafka")]
-const MY_PAGE_GROUP: &str = "surge-my-page";
+const MY_PAGE_GROUP: &str = "my-page";
 
 /// Resolves once `stop` turns true.
 fn stopped(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {

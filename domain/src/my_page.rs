@@ -34,9 +34,11 @@ pub struct MemberPage {
     pub coupons: Vec<Value>,
     /// Totals.
     pub stats: PageStats,
-    /// Built from the member's first event (`MemberSignedUp`): it has seen every change. A
-    /// page started by a later event (a member from before events existed) misses history and
-    /// is never served; the page is composed from the sources instead.
+    /// The member's `MemberSignedUp` is in: with it, every change about the member since they
+    /// exist has an event, so a page that has applied all of them is whole. A member from
+    /// before events existed never gets one, and their page is composed from the sources. (The
+    /// events of different topics may arrive in any order; every rule here is commutative
+    /// across aggregates, and the events of one aggregate arrive in order.)
     pub complete: bool,
 }
 
@@ -52,9 +54,7 @@ impl MemberPage {
         match event.kind {
             EventType::MemberSignedUp => {
                 self.user = Some(p.clone());
-                if self.recent_orders.is_empty() && self.coupons.is_empty() {
-                    self.complete = true;
-                }
+                self.complete = true;
             }
             EventType::OrderSucceeded => {
                 self.stats.orders_succeeded += 1;

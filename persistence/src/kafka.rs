@@ -19,7 +19,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use surge_domain::{Event, Topic};
 
@@ -76,9 +76,13 @@ pub async fn ensure_topics(brokers: &str, prefix: &str) -> Result<(), KafkaError
 }
 
 /// Publishes outbox rows.
-#[derive(Clone)]
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// Replaced after every failed batch: an idempotent producer whose messages timed out must
+    /// bump its epoch, and a broker may refuse that (tansu answers `ProducerFenced` to every
+    /// later send), leaving the producer unusable. The new one has a new producer id, so a
+    /// batch sent again may be written twice by the broker; consumers drop the copy by event id.
+    producer: std::sync::Mutex<FutureProducer>,
+    brokers: String,
     prefix: String,
 }
 
@@ -93,7 +97,15 @@ impl std::fmt::Debug for KafkaPublisher {
 impl KafkaPublisher {
     /// An idempotent producer with `acks=all`.
     pub fn connect(brokers: &str, prefix: &str) -> Result<Self, KafkaError> {
-        let producer: FutureProducer = base_config(brokers)
+        Ok(Self {
+            producer: std::sync::Mutex::new(Self::producer(brokers)?),
+            brokers: brokers.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
+        base_config(brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
@@ -102,15 +114,37 @@ impl KafkaPublisher {
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             )
             .create()
-            .map_err(err)?;
-        Ok(Self {
-            producer,
-            prefix: prefix.to_owned(),
-        })
+            .map_err(err)
     }
 
     /// Sends a batch in order and waits until the broker acknowledged every record.
     pub async fn publish(&self, rows: &[OutboxRow]) -> Result<(), KafkaError> {
+        let producer = self
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let sent = self.send_all(&producer, rows).await;
+        if sent.is_err() {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                tracing::warn!(%code, reason, "the Kafka producer hit a fatal error");
+            }
+            let fresh = Self::producer(&self.brokers)?;
+            let old = std::mem::replace(
+                &mut *self
+                    .producer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                fresh,
+            );
+            // Dropping a producer purges and flushes for up to 500 ms: not on a tokio worker.
+            drop(producer);
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        sent
+    }
+
+    async fn send_all(&self, producer: &FutureProducer, rows: &[OutboxRow]) -> Result<(), KafkaError> {
         let mut deliveries = Vec::with_capacity(rows.len());
         for row in rows {
             let topic = Topic::parse(&row.topic).map_or_else(
@@ -120,7 +154,7 @@ impl KafkaPublisher {
             let record = FutureRecord::to(&topic)
                 .key(&row.event_key)
                 .payload(&row.payload);
-            match self.producer.send_result(record) {
+            match producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((e, _)) => return Err(err(e)),
             }
@@ -152,6 +186,8 @@ impl std::fmt::Debug for KafkaSubscriber {
 pub struct ReceivedBatch {
     /// The events, in the order read (per partition, the order written).
     pub events: Vec<Event>,
+    /// Where each event came from: (topic, key), parallel to `events`.
+    pub origins: Vec<(String, Option<String>)>,
     /// Records that were not events (skipped, logged).
     pub skipped: usize,
     /// The next offset to read per (topic, partition).
@@ -167,6 +203,8 @@ impl KafkaSubscriber {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", "10")
+            // A topic created after the subscription (by the first relay) is seen within 1 s.
+            .set("topic.metadata.refresh.interval.ms", "1000")
             .set("session.timeout.ms", "10000")
             .create()
             .map_err(err)?;
@@ -199,7 +237,13 @@ impl KafkaSubscriber {
             .and_then(|p| std::str::from_utf8(p).ok())
             .map(Event::from_json);
         match decoded {
-            Some(Ok(event)) => batch.events.push(event),
+            Some(Ok(event)) => {
+                batch.events.push(event);
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned());
+                batch.origins.push((message.topic().to_owned(), key));
+            }
             _ => {
                 tracing::warn!(
                     topic = message.topic(),
@@ -216,7 +260,10 @@ impl KafkaSubscriber {
         );
     }
 
-    /// Commits the batch's offsets (after its effect is stored).
+    /// Commits the batch's offsets (after its effect is stored). Asynchronous: librdkafka
+    /// sends it in the background, so a tokio worker is never blocked on an unreachable broker
+    /// (a synchronous commit held one for minutes in the outage test). A commit that is lost
+    /// only means the batch is read again, and its events are recognised by id.
     pub fn commit(&self, batch: &ReceivedBatch) -> Result<(), KafkaError> {
         let mut list = TopicPartitionList::new();
         for ((topic, partition), next) in &batch.next {
@@ -226,6 +273,6 @@ impl KafkaSubscriber {
         if list.count() == 0 {
             return Ok(());
         }
-        self.consumer.commit(&list, CommitMode::Sync).map_err(err)
+        self.consumer.commit(&list, CommitMode::Async).map_err(err)
     }
 }

@@ -11,6 +11,8 @@ mod coupons;
 mod errors;
 mod events;
 mod items;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod members;
 mod ops;
 mod orders;

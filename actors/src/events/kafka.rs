@@ -60,13 +60,41 @@ impl EventSink for KafkaSink {
     }
 }
 
+/// Where a consumer reads: brokers, topic prefix, consumer group.
+#[derive(Debug, Clone)]
+pub struct ConsumerPlace {
+    /// `host:port,…`.
+    pub brokers: String,
+    /// Topic prefix.
+    pub prefix: String,
+    /// Consumer group.
+    pub group: String,
+}
+
 /// Reads every topic as a member of the projection's consumer group and applies each batch
 /// to the read model before committing its offsets, until `stop`.
 pub async fn run_projection(
-    subscriber: KafkaSubscriber,
+    place: ConsumerPlace,
     projection: MyPageProjection,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Subscribe only once the topics exist (a fresh broker, before any relay published): a
+    // subscription made before is not reliably given the partitions created after it.
+    let subscriber = loop {
+        let ready = surge_persistence::kafka::ensure_topics(&place.brokers, &place.prefix)
+            .await
+            .and_then(|()| KafkaSubscriber::connect(&place.brokers, &place.prefix, &place.group));
+        match ready {
+            Ok(subscriber) => break subscriber,
+            Err(e) => {
+                tracing::warn!(error = %e, "joining the event topics failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(CONSUMER_RETRY * 5) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        }
+    };
     loop {
         let batch = tokio::select! {
             batch = subscriber.next_batch(CONSUMER_BATCH) => batch,
