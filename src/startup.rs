@@ -218,7 +218,7 @@ impl Application {
             tracing::info!(reclaimed, compensated, "recovered from the previous run");
         }
         let my_page = MyPageProjection::new(db.clone());
-        let events = EventRoute::start(config.kafka.as_ref(), my_page)?;
+        let events = EventRoute::start(config.kafka.as_ref(), &config.node_id, my_page)?;
         let relay = OutboxRelay::start(
             db.clone(),
             events.sink,
@@ -390,8 +390,11 @@ struct EventRoute {
 }
 
 impl EventRoute {
+    /// `node_id` names this node's static membership in the consumer group (Kafka only).
+    #[cfg_attr(not(feature = "kafka"), allow(unused_variables))]
     fn start(
         kafka: Option<&KafkaSettings>,
+        node_id: &str,
         my_page: MyPageProjection,
     ) -> Result<Self, StartupError> {
         match kafka {
@@ -410,6 +413,7 @@ impl EventRoute {
                     brokers: kafka.brokers.clone(),
                     prefix: kafka.topic_prefix.clone(),
                     group: format!("{}{MY_PAGE_GROUP}", kafka.topic_prefix),
+                    member: node_id.to_owned(),
                 };
                 let consumer: ConsumerTask =
                     Box::new(move |stop| Box::pin(run_projection(place, my_page, stop)));

@@ -474,3 +474,180 @@ async fn kill_9_while_coupon_issues_drain_loses_and_doubles_none() {
     kill_9(&mut node);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `kill -9` of a node while its outbox relay publishes to Kafka (and its consumer applies):
+/// after restarts every event written is on the broker at least once, and the read model
+/// counted each change exactly once (a member's `ordersSucceeded` equals their SUCCEEDED orders).
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_the_relay_publishes_loses_no_event_and_counts_each_change_once() {
+    use surge_domain::Event;
+    use surge_persistence::kafka::KafkaSubscriber;
+    const BUYERS_HERE: usize = 6;
+
+    let brokers =
+        std::env::var("SURGE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let prefix = format!("crash{}.", uuid::Uuid::new_v4().simple());
+    let settings = [
+        ("SURGE_KAFKA_BROKERS", brokers.clone()),
+        ("SURGE_KAFKA_TOPIC_PREFIX", prefix.clone()),
+    ];
+    let dir = std::env::temp_dir().join(format!("surge-crash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = reqwest::Client::new();
+    let mut node = start_with(&dir, &settings);
+    let admin = login(&client, &node.base, "crash_admin", "crash-admin-password").await;
+    let item = post(
+        &client,
+        format!("{}/api/v1/items", node.base),
+        Some(&admin),
+        json!({ "name": "Relay crash item", "price": 10, "stock": 1_000_000 }),
+    )
+    .await["itemId"]
+        .as_i64()
+        .unwrap();
+    let mut buyers = Vec::new();
+    for i in 0..BUYERS_HERE {
+        let login_id = format!("relay_buyer_{i}");
+        let user = post(
+            &client,
+            format!("{}/api/v1/users", node.base),
+            None,
+            json!({ "loginId": login_id, "password": "buyer-password", "name": "B" }),
+        )
+        .await;
+        let token = login(&client, &node.base, &login_id, "buyer-password").await;
+        buyers.push((user["userId"].as_i64().unwrap(), token));
+    }
+    let tokens: Vec<String> = buyers.iter().map(|(_, t)| t.clone()).collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("kill schedule seed: {seed}");
+    let mut rng = Lcg(seed);
+    for _ in 0..3 {
+        let run_for = Duration::from_millis(300 + rng.below(700));
+        let load = tokio::spawn(buy(
+            node.base.clone(),
+            tokens.clone(),
+            item,
+            Some(Instant::now() + run_for + Duration::from_secs(2)),
+        ));
+        tokio::time::sleep(run_for).await;
+        kill_9(&mut node);
+        let (acked, _) = load.await.unwrap();
+        eprintln!(
+            "killed after {run_for:?}; {} orders acknowledged",
+            acked.len()
+        );
+        node = start_with(&dir, &settings);
+    }
+    // The last node delivers everything.
+    let admin = login(&client, &node.base, "crash_admin", "crash-admin-password").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let relay: Value = client
+            .get(format!("{}/api/v1/admin/outbox", node.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if relay["lagRows"] == 0 && relay["leader"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox never drained: {relay}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}/surge-data/surge.db", dir.display());
+    let mut db = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT payload FROM outbox WHERE event_id IS NOT NULL ORDER BY id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let written: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|(p,)| Event::from_json(p).unwrap().event_id)
+        .collect();
+    eprintln!("{} events written", written.len());
+    // Every event is on the broker at least once.
+    let reader = KafkaSubscriber::connect(&brokers, &prefix, "crash-reader").unwrap();
+    let mut on_broker = std::collections::HashSet::new();
+    let mut copies = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !written.is_subset(&on_broker) {
+        assert!(
+            Instant::now() < deadline,
+            "{} events never reached the broker",
+            written.difference(&on_broker).count()
+        );
+        if let Ok(batch) =
+            tokio::time::timeout(Duration::from_secs(5), reader.next_batch(1_000)).await
+        {
+            for event in batch.unwrap().events {
+                copies += 1;
+                on_broker.insert(event.event_id);
+            }
+        }
+    }
+    eprintln!("{copies} records read for {} events", on_broker.len());
+    // The read model applied each order once: its count equals the orders table's.
+    for (user_id, token) in &buyers {
+        let (succeeded,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM orders WHERE user_id = $1 AND status = 'SUCCEEDED'",
+        )
+        .bind(user_id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let page: Value = client
+                .get(format!("{}/api/v1/my-page", node.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if page["source"] == "read-model" {
+                assert_eq!(
+                    page["stats"]["ordersSucceeded"], succeeded,
+                    "member {user_id}: the read model counted a change twice or missed one"
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                let (unapplied,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM outbox o WHERE o.user_id = $1 AND o.event_id IS NOT NULL \
+                     AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = o.event_id)",
+                )
+                .bind(user_id)
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+                let (processed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM processed_events")
+                    .fetch_one(&mut db)
+                    .await
+                    .unwrap();
+                panic!(
+                    "member {user_id}'s page never caught up: {unapplied} of their events unapplied, \
+                     {processed} events processed in all; {page}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = db.close().await;
+    kill_9(&mut node);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -70,7 +70,9 @@ impl Database {
             for event in events {
                 let details = if event.kind == EventType::CouponIssued {
                     let id = event.aggregate_id;
-                    if !coupon_details.contains_key(&id) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) =
+                        coupon_details.entry(id)
+                    {
                         let row: Option<(String, i64, Option<i64>)> = sqlx::query_as(
                             "SELECT name, discount_tenths, item_id FROM coupons WHERE id = $1",
                         )
@@ -80,10 +82,9 @@ impl Database {
                         if let Some((name, tenths, item_id)) = row {
                             #[allow(clippy::cast_precision_loss, reason = "tenths ≤ 1000")]
                             let rate = tenths as f64 / 10.0;
-                            coupon_details.insert(
-                                id,
-                                serde_json::json!({"name": name, "discountRate": rate, "itemId": item_id}),
-                            );
+                            slot.insert(serde_json::json!({
+                                "name": name, "discountRate": rate, "itemId": item_id,
+                            }));
                         }
                     }
                     coupon_details.get(&id)

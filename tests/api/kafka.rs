@@ -88,8 +88,14 @@ async fn every_event_is_published_once_with_its_key_and_feeds_the_read_model() {
     for (topic, key, event) in &records {
         *copies.entry(event.event_id.as_str()).or_default() += 1;
         assert_eq!(topic, &format!("{prefix}{}", event.kind.topic().suffix()));
-        assert_eq!(key.as_deref(), Some(event.aggregate_id.to_string().as_str()));
-        let original = written.iter().find(|w| w.event_id == event.event_id).unwrap();
+        assert_eq!(
+            key.as_deref(),
+            Some(event.aggregate_id.to_string().as_str())
+        );
+        let original = written
+            .iter()
+            .find(|w| w.event_id == event.event_id)
+            .unwrap();
         assert_eq!(event, original);
     }
     assert!(copies.values().all(|&n| n == 1), "{copies:?}");
@@ -148,7 +154,10 @@ impl CuttableBroker {
             .spawn()
             .expect("tansu must be installed (scripts/ensure-services.sh kafka)");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             assert!(Instant::now() < deadline, "tansu did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -202,7 +211,11 @@ async fn a_broker_outage_stops_nothing_and_the_outbox_drains_in_order_afterwards
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while relay(&app).await["lagRows"] != 0 || relay(&app).await["published"].as_i64() < Some(4) {
-        assert!(Instant::now() < deadline, "events never flowed: {}", relay(&app).await);
+        assert!(
+            Instant::now() < deadline,
+            "events never flowed: {}",
+            relay(&app).await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     broker.cut.cut().await;
@@ -236,11 +249,21 @@ async fn a_broker_outage_stops_nothing_and_the_outbox_drains_in_order_afterwards
     broker.cut.restore().await;
     let deadline = Instant::now() + Duration::from_secs(90);
     while relay(&app).await["lagRows"] != 0 {
-        assert!(Instant::now() < deadline, "the outbox never drained: {}", relay(&app).await);
+        assert!(
+            Instant::now() < deadline,
+            "the outbox never drained: {}",
+            relay(&app).await
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let written = outbox_events(&app).await;
-    let records = read_back(&broker.address(), &prefix, &written, Duration::from_secs(60)).await;
+    let records = read_back(
+        &broker.address(),
+        &prefix,
+        &written,
+        Duration::from_secs(60),
+    )
+    .await;
     let orders_topic = format!("{prefix}{}", Topic::Orders.suffix());
     let placed: Vec<i64> = records
         .iter()

@@ -69,6 +69,8 @@ pub struct ConsumerPlace {
     pub prefix: String,
     /// Consumer group.
     pub group: String,
+    /// This node's static member name in the group (its node id).
+    pub member: String,
 }
 
 /// Reads every topic as a member of the projection's consumer group and applies each batch
@@ -83,7 +85,14 @@ pub async fn run_projection(
     let subscriber = loop {
         let ready = surge_persistence::kafka::ensure_topics(&place.brokers, &place.prefix)
             .await
-            .and_then(|()| KafkaSubscriber::connect(&place.brokers, &place.prefix, &place.group));
+            .and_then(|()| {
+                KafkaSubscriber::connect_as(
+                    &place.brokers,
+                    &place.prefix,
+                    &place.group,
+                    Some(&place.member),
+                )
+            });
         match ready {
             Ok(subscriber) => break subscriber,
             Err(e) => {
