@@ -217,16 +217,19 @@ mod tests {
     }
 
     #[test]
-    fn a_page_started_after_the_sign_up_is_not_complete() {
+    fn a_page_is_whole_once_the_sign_up_is_in_whatever_the_order_of_topics() {
         let mut page = MemberPage::default();
         page.apply(
             &event(EventType::OrderSucceeded, 1, order(1, "SUCCEEDED", 5)),
             None,
         );
+        assert!(!page.complete, "no sign-up yet: not served");
         page.apply(
             &event(EventType::MemberSignedUp, 7, json!({"userId": 7})),
             None,
         );
-        assert!(!page.complete);
+        assert!(page.complete);
+        assert_eq!(page.stats.orders_succeeded, 1);
+        assert_eq!(page.recent_orders.len(), 1);
     }
 }

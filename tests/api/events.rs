@@ -295,3 +295,71 @@ on_both_backends! {
         assert!(metrics.contains("surge_outbox_published_events"), "{metrics}");
     }
 }
+
+/// Two nodes on one database: one relay works at a time (the lease), each change reaches the
+/// read model once, and when the relaying node stops the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_relay_through_one_lease_and_the_survivor_takes_over() {
+    let first = TestApp::spawn(crate::helpers::Backend::Postgres).await;
+    let mut shared = first.db.clone();
+    shared.settings.push(("SURGE_NODE_ID", "node-2".to_owned()));
+    let second = TestApp::spawn_on(shared).await;
+    let admin = first.admin().await;
+    let leaders = |admin: TestUser| {
+        let requests =
+            [&first, &second].map(|app| app.get("/api/v1/admin/outbox").bearer_auth(&admin.access));
+        async move {
+            let mut flags = Vec::new();
+            for request in requests {
+                flags.push(send(request).await.1["leader"] == true);
+            }
+            flags
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let flags = loop {
+        let flags = leaders(admin.clone()).await;
+        if flags.iter().filter(|f| **f).count() == 1 {
+            break flags;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not exactly one relay: {flags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let buyer = first.new_user().await;
+    let item = first.create_item(&admin, "Two nodes", 10, 100).await["itemId"]
+        .as_i64()
+        .unwrap();
+    for app in [&first, &second, &first, &second] {
+        let (status, _) = app
+            .place_order(&buyer, json!({"lines": [{"itemId": item, "quantity": 1}]}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for app in [&first, &second] {
+        let (page, _) = read_model_page(app, &buyer, Duration::from_secs(5), |p| {
+            p["stats"]["ordersSucceeded"] == 4
+        })
+        .await;
+        assert_eq!(page["stats"]["totalSpent"], 40, "each order counted once");
+    }
+    // The relaying node stops (its lease is given up); the other relays what comes next.
+    let (leader, survivor) = if flags[0] {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    leader.stop().await;
+    let (status, _) = survivor
+        .place_order(&buyer, json!({"lines": [{"itemId": item, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (page, took) = read_model_page(&survivor, &buyer, Duration::from_secs(10), |p| {
+        p["stats"]["ordersSucceeded"] == 5
+    })
+    .await;
+    assert_eq!(page["stats"]["totalSpent"], 50);
+    eprintln!("the survivor relayed the next change after {took:?}");
+}

@@ -1,4 +1,5 @@
-//! `browse`: anonymous item reads and name searches over items made for the run.
+//! `browse`: anonymous item reads and name searches over items made for the run; and the
+//! members' own page, read as `mixed` does.
 
 use rand::Rng;
 use reqwest::Method;
@@ -48,6 +49,33 @@ impl Workload for BrowseWorkload {
                 .request(Method::GET, "/api/v1/items")
                 .query(&[("q", word), ("limit", &SEARCH_PAGE.to_string())])
         };
+        self.api.call(request).await.0
+    }
+}
+
+/// `GET /api/v1/my-page` as a random member (part of `mixed`): the read model, or the
+/// composition when it is behind.
+#[derive(Debug)]
+pub struct MyPageWorkload {
+    api: Api,
+    users: std::sync::Arc<[crate::users::BenchUser]>,
+    seed: u64,
+}
+
+impl MyPageWorkload {
+    pub fn new(api: Api, users: std::sync::Arc<[crate::users::BenchUser]>, seed: u64) -> Self {
+        Self { api, users, seed }
+    }
+}
+
+impl Workload for MyPageWorkload {
+    async fn attempt(&self, index: u64) -> Reply {
+        let mut rng = attempt_rng(self.seed, index);
+        let user = &self.users[rng.gen_range(0..self.users.len())];
+        let request = self
+            .api
+            .request(Method::GET, "/api/v1/my-page")
+            .bearer_auth(&user.access_token);
         self.api.call(request).await.0
     }
 }

@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-pub use browse::{BrowseWorkload, HealthWorkload, NAME_WORDS};
+pub use browse::{BrowseWorkload, HealthWorkload, MyPageWorkload, NAME_WORDS};
 pub use coupons::CouponWorkload;
 pub use orders::{OrderShape, OrderWorkload, StockedItem};
 
@@ -41,8 +41,9 @@ const MULTI_LINE_ORDER: OrderShape = OrderShape {
 const BROWSE_STOCK: u64 = 100;
 
 /// What `mixed` sends, with relative weights: mostly reads, some orders, some coupon rushes.
-const MIX: [(Part, u32); 4] = [
-    (Part::Browse, 60),
+const MIX: [(Part, u32); 5] = [
+    (Part::Browse, 50),
+    (Part::MyPage, 10),
     (Part::Orders, 20),
     (Part::FlashSale, 10),
     (Part::CouponRush, 10),
@@ -89,6 +90,7 @@ impl Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Part {
     Browse,
+    MyPage,
     Orders,
     FlashSale,
     CouponRush,
@@ -223,6 +225,7 @@ impl Prepared {
                 let part_seed = |part: u64| seed.wrapping_add(part + 1);
                 let mixed = MixedWorkload {
                     browse: browse(api, cast, size, part_seed(0), run_tag).await?,
+                    my_page: MyPageWorkload::new(api.clone(), Arc::clone(&users), part_seed(4)),
                     orders: Arc::new(
                         multi_line(api, cast, size, Arc::clone(&users), part_seed(1), run_tag)
                             .await?,
@@ -282,6 +285,7 @@ impl Workload for Prepared {
 #[derive(Debug)]
 pub struct MixedWorkload {
     browse: BrowseWorkload,
+    my_page: MyPageWorkload,
     orders: Arc<OrderWorkload>,
     flash_sale: Arc<OrderWorkload>,
     coupons: Arc<CouponWorkload>,
@@ -305,6 +309,7 @@ impl Workload for MixedWorkload {
     async fn attempt(&self, index: u64) -> Reply {
         match choose_part(self.seed, index) {
             Part::Browse => self.browse.attempt(index).await,
+            Part::MyPage => self.my_page.attempt(index).await,
             Part::Orders => self.orders.attempt(index).await,
             Part::FlashSale => self.flash_sale.attempt(index).await,
             Part::CouponRush => self.coupons.attempt(index).await,
