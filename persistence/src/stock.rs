@@ -19,7 +19,10 @@
 
 use sqlx::AnyConnection;
 
+use surge_domain::{Event, EventType};
+
 use crate::orders::{HoldSource, StockHold};
+use crate::outbox;
 use crate::{Database, PersistenceError, now_millis};
 
 /// A reservation's status as stored.
@@ -269,7 +272,8 @@ async fn lock_allotments(
 /// Takes `units` out of an owner's allotment row, fenced by its epoch: `false`, and nothing
 /// changed, when the epoch moved on (another owner took the item over) or the row holds fewer
 /// units. The units become sold reservations in the same transaction (see
-/// [`crate::placement`]).
+/// [`crate::placement`]). When they were the item's last (the allotment is empty and no units
+/// are left on the item row), the item's `ItemSoldOut` event is written with them.
 pub(crate) async fn take_allotment(
     conn: &mut AnyConnection,
     item_id: i64,
@@ -277,18 +281,32 @@ pub(crate) async fn take_allotment(
     units: i64,
     now: i64,
 ) -> Result<bool, sqlx::Error> {
-    let taken = sqlx::query(
+    let left: Option<(i64,)> = sqlx::query_as(
         "UPDATE stock_allotments SET units = units - $1, updated_at = $2 \
-         WHERE item_id = $3 AND epoch = $4 AND units >= $1",
+         WHERE item_id = $3 AND epoch = $4 AND units >= $1 RETURNING units",
     )
     .bind(units)
     .bind(now)
     .bind(item_id)
     .bind(epoch)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(taken == 1)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((left,)) = left else {
+        return Ok(false);
+    };
+    if left == 0 {
+        // Only when this batch emptied the allotment: the common case pays nothing.
+        let (available,): (i64,) = sqlx::query_as("SELECT available FROM items WHERE id = $1")
+            .bind(item_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        if available == 0 {
+            let payload = serde_json::json!({"itemId": item_id});
+            let event = Event::new(EventType::ItemSoldOut, item_id, None, now, payload);
+            outbox::append(conn, &event).await?;
+        }
+    }
+    Ok(true)
 }
 
 /// Confirms a hold that is a `HELD` reservation (the comparison strategies): `false` when it

@@ -34,6 +34,7 @@ with open(work + "/tokens.txt", "w") as f:
         post("/api/v1/users", {"loginId": f"bench_{i}", "password": "bench-password", "name": "B"})
         f.write(post("/api/v1/auth/login", {"loginId": f"bench_{i}", "password": "bench-password"})["accessToken"] + "\n")
 with open(work + "/item", "w") as f: f.write(",".join(map(str, items)))
+with open(work + "/admin", "w") as f: f.write(admin)
 PY
 echo "== GET /health/live (ceiling)"
 wrk -t2 -c64 -d15s --latency "$base/health/live" | grep -E 'Requests/sec|^ +(50|90|99)%'
@@ -41,3 +42,8 @@ echo "== POST /api/v1/orders (ample stock, $lines line(s) per order)"
 TOKENS=$work/tokens.txt ITEM_ID=$(cat "$work/item") wrk -t2 -c64 -d20s -s scripts/bench/orders.lua "$base" \
   | grep -E 'Requests/sec|Non-2xx|p50|requests in'
 grep VmHWM /proc/$node/status
+# The outbox relay's backlog when the load stops, and once it has had two seconds to catch up.
+relay() { curl -s -H "Authorization: Bearer $(cat "$work/admin")" "$base/api/v1/admin/outbox"; echo; }
+echo "== relay at the end of the load: $(relay)"
+sleep 2
+echo "== relay 2 s later: $(relay)"

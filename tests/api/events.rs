@@ -68,9 +68,14 @@ pub async fn read_model_page(
     }
 }
 
-/// A member with a coupon, an order using it (cancelled afterwards) and a logout: every kind
-/// of change a member makes. Returns (item, coupon, order).
-pub async fn every_change(app: &TestApp, admin: &TestUser, buyer: &TestUser) -> (i64, i64, i64) {
+/// A member with a coupon, an order using it (cancelled afterwards), and an item the admin buys
+/// the last unit of: every kind of change but the logout. Returns (item, coupon, order, item
+/// sold out).
+pub async fn every_change(
+    app: &TestApp,
+    admin: &TestUser,
+    buyer: &TestUser,
+) -> (i64, i64, i64, i64) {
     let item = app.create_item(admin, "Evented", 1_000, 10).await["itemId"]
         .as_i64()
         .unwrap();
@@ -109,7 +114,14 @@ pub async fn every_change(app: &TestApp, admin: &TestUser, buyer: &TestUser) -> 
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    (item, coupon, order)
+    let last = app.create_item(admin, "Last one", 10, 1).await["itemId"]
+        .as_i64()
+        .unwrap();
+    let (status, bought) = app
+        .place_order(admin, json!({"lines": [{"itemId": last, "quantity": 1}]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bought}");
+    (item, coupon, order, last)
 }
 
 /// Checks that the events of [`every_change`] are there exactly once each, keyed and shaped as
@@ -117,7 +129,7 @@ pub async fn every_change(app: &TestApp, admin: &TestUser, buyer: &TestUser) -> 
 pub fn assert_every_change(
     events: &[Event],
     buyer: &TestUser,
-    (item, coupon, order): (i64, i64, i64),
+    (item, coupon, order, last): (i64, i64, i64, i64),
 ) {
     let mut seen: HashMap<(EventType, i64), Vec<&Event>> = HashMap::new();
     for e in events {
