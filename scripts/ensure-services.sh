@@ -18,6 +18,8 @@
 #   kafka     SURGE_TEST_KAFKA_BROKERS (a tansu broker, installed with cargo when missing)
 #             and SURGE_TEST_TANSU (its binary, for tests that start brokers of their own);
 #             also installs what the rdkafka crate builds with (cmake, libcurl headers)
+#   mongo     SURGE_TEST_MONGO_URL (a MongoDB wire-protocol server: PyPI `mongoeco` on
+#             Python >= 3.13, in a virtualenv under ~/.cache/surge, in-memory storage)
 #
 # Environment knobs:
 #   SURGE_TEST_PG_URL       kept if it already works (connects + can create DBs)
@@ -369,10 +371,61 @@ ensure_kafka() {
 }
 
 # --------------------------------------------------------------------------
+# MongoDB wire protocol: mongoeco (no MongoDB server is installable from Debian or PyPI)
+# --------------------------------------------------------------------------
+
+MONGO_HOST=127.0.0.1
+MONGO_PORT=${SURGE_MONGO_PORT:-27117}
+MONGO_READY_TIMEOUT=60
+MONGOECO_VERSION=4.11.0
+PYMONGO_VERSION=4.20.1
+MONGO_VENV=${SURGE_CACHE_DIR:-$HOME/.cache/surge}/mongoeco-$MONGOECO_VERSION
+
+mongo_port_open() { (exec 3<>"/dev/tcp/$MONGO_HOST/$MONGO_PORT") 2>/dev/null; }
+
+python313() {
+  local candidate
+  for candidate in python3.14 python3.13 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[3-9]*/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 13))' 2>/dev/null; then
+      command -v "$candidate"
+      return
+    fi
+  done
+}
+
+ensure_mongo() {
+  if [ ! -x "$MONGO_VENV/bin/python" ]; then
+    local py
+    py=$(python313)
+    [ -n "$py" ] || die "mongo: mongoeco needs Python >= 3.13 (pyenv install 3.13)"
+    log "mongo: installing mongoeco $MONGOECO_VERSION into $MONGO_VENV"
+    "$py" -m venv "$MONGO_VENV" >&2
+    "$MONGO_VENV/bin/pip" install -q "mongoeco==$MONGOECO_VERSION" "pymongo==$PYMONGO_VERSION" >&2
+  fi
+  if mongo_port_open; then
+    log "mongo: already listening on $MONGO_HOST:$MONGO_PORT"
+  else
+    log "mongo: starting mongoeco on $MONGO_HOST:$MONGO_PORT (in-memory)"
+    setsid nohup "$MONGO_VENV/bin/python" "$(dirname "${BASH_SOURCE[0]}")/mongo/mongoeco-server.py" \
+      "$MONGO_PORT" >"${TMPDIR:-/tmp}/surge-mongoeco.log" 2>&1 </dev/null &
+    local deadline=$((SECONDS + MONGO_READY_TIMEOUT))
+    until mongo_port_open; do
+      if [ "$SECONDS" -ge "$deadline" ]; then
+        die "mongo: not listening after ${MONGO_READY_TIMEOUT}s (see ${TMPDIR:-/tmp}/surge-mongoeco.log)"
+      fi
+      sleep 0.2
+    done
+    log "mongo: ready"
+  fi
+  emit_export SURGE_TEST_MONGO_URL "mongodb://$MONGO_HOST:$MONGO_PORT/?directConnection=true"
+}
+
+# --------------------------------------------------------------------------
 
 main() {
   if [ "$#" -eq 0 ]; then
-    die "usage: $0 SERVICE... (known: postgres redis kafka)"
+    die "usage: $0 SERVICE... (known: postgres redis kafka mongo)"
   fi
   local svc
   for svc in "$@"; do
@@ -380,7 +433,8 @@ main() {
     postgres | postgresql | pg) ensure_postgres ;;
     redis) ensure_redis ;;
     kafka) ensure_kafka ;;
-    *) die "unknown service '$svc' (known: postgres redis kafka)" ;;
+    mongo) ensure_mongo ;;
+    *) die "unknown service '$svc' (known: postgres redis kafka mongo)" ;;
     esac
   done
 }

@@ -18,11 +18,12 @@ if [ -n "${CI:-}" ]; then
 fi
 
 # Two steps on purpose: `eval "$(...)"` would ignore a failure of the script.
-service_exports=$(bash scripts/ensure-services.sh postgres redis kafka)
+service_exports=$(bash scripts/ensure-services.sh postgres redis kafka mongo)
 eval "$service_exports"
 
-# `kafka`: the Kafka producer and consumer are built and tested against the tansu broker.
-cargo_args=(test --workspace --features kafka)
+# `kafka`: the Kafka producer and consumer, tested against the tansu broker; `mongo`: the
+# MongoDB read model, tested against the mongoeco wire server.
+cargo_args=(test --workspace --features kafka,mongo)
 if [ -f Cargo.lock ]; then
   cargo_args+=(--locked)
 fi

@@ -118,6 +118,8 @@ pub struct Config {
     pub kafka: Option<KafkaSettings>,
     /// `SURGE_OUTBOX_RETENTION_S`: published events are purged after this.
     pub outbox_retention: Duration,
+    /// `SURGE_MONGO_URL`: the my-page read model lives in MongoDB. `None`: the main database.
+    pub mongo_url: Option<SecretString>,
 }
 
 /// Where events are published.
@@ -305,10 +307,11 @@ pub struct ServeArgs {
           value_parser = or_default("86400", number(1, 90 * 86_400)))]
     pub outbox_retention_s: u64,
 
-    /// The MongoDB read model: not part of this build yet (refused when set).
-    #[arg(long, env = "SURGE_MONGO_URL", default_value = "", hide = true,
-          hide_env_values = true, value_parser = optional(parse_text))]
-    pub mongo_url: Unset<String>,
+    /// MongoDB for the my-page read model, mongodb://… [default: none: the main database].
+    /// Needs a build with the `mongo` feature.
+    #[arg(long, env = "SURGE_MONGO_URL", default_value = "", hide_default_value = true,
+          hide_env_values = true, value_parser = optional(parse_mongo_url))]
+    pub mongo_url: Unset<SecretString>,
 }
 
 impl ServeArgs {
@@ -326,17 +329,11 @@ impl ServeArgs {
                 "this build has no Kafka client; build with `--features kafka` or unset it",
             ));
         }
-        for (variable, set, what) in [(
-            "SURGE_MONGO_URL",
-            self.mongo_url.0.is_some(),
-            "the MongoDB read model",
-        )] {
-            if set {
-                return Err(invalid(
-                    variable,
-                    format!("{what} is not part of this build yet; unset it to run embedded"),
-                ));
-            }
+        if self.mongo_url.0.is_some() && !cfg!(feature = "mongo") {
+            return Err(invalid(
+                "SURGE_MONGO_URL",
+                "this build has no MongoDB client; build with `--features mongo` or unset it",
+            ));
         }
         let jwt_secret = self.jwt_secret.0;
         if jwt_secret.is_none() && backend != Backend::Sqlite {
@@ -399,6 +396,7 @@ impl ServeArgs {
                 topic_prefix: self.kafka_topic_prefix,
             }),
             outbox_retention: Duration::from_secs(self.outbox_retention_s),
+            mongo_url: self.mongo_url.0,
         })
     }
 }
@@ -543,6 +541,14 @@ fn parse_key_prefix(raw: &str) -> Result<String, String> {
         ));
     }
     Ok(raw.to_owned())
+}
+
+fn parse_mongo_url(raw: &str) -> Result<SecretString, String> {
+    if raw.starts_with("mongodb://") {
+        Ok(SecretString::from(raw.to_owned()))
+    } else {
+        Err("must start with mongodb://".to_owned())
+    }
 }
 
 /// Kafka topic names allow `[A-Za-z0-9._-]`; the prefix is at most 64 of them.

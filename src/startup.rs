@@ -55,6 +55,9 @@ pub enum StartupError {
     /// The Kafka client could not be configured.
     #[error("kafka: {0}")]
     Kafka(String),
+    /// MongoDB (the read model's store) did not answer.
+    #[error("mongodb: {0}")]
+    Mongo(String),
 }
 
 /// Stops a running node as SIGTERM would. Cloneable; used by tests and embedders.
@@ -217,7 +220,8 @@ impl Application {
         if reclaimed > 0 || compensated > 0 {
             tracing::info!(reclaimed, compensated, "recovered from the previous run");
         }
-        let my_page = MyPageProjection::new(db.clone());
+        let my_page = read_model(&db, config.mongo_url.as_ref()).await?;
+        let my_page_store = my_page.clone();
         let events = EventRoute::start(config.kafka.as_ref(), &config.node_id, my_page)?;
         let relay = OutboxRelay::start(
             db.clone(),
@@ -230,6 +234,7 @@ impl Application {
         );
         let state = AppState {
             relay: relay.stats(),
+            my_page: my_page_store,
             db,
             auth: Arc::new(auth),
             metrics: Arc::new(Metrics::new()),
@@ -371,6 +376,28 @@ type ConsumerTask = Box<
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
         + Send,
 >;
+
+/// The my-page projection: into MongoDB when `SURGE_MONGO_URL` is set, else the main database.
+#[cfg_attr(not(feature = "mongo"), allow(clippy::unused_async))]
+async fn read_model(
+    db: &Database,
+    mongo_url: Option<&SecretString>,
+) -> Result<MyPageProjection, StartupError> {
+    match mongo_url {
+        None => Ok(MyPageProjection::new(db.clone())),
+        #[cfg(feature = "mongo")]
+        Some(url) => {
+            let pages = surge_persistence::mongo_pages::MongoPages::connect(url.expose_secret())
+                .await
+                .map_err(|e| StartupError::Mongo(e.to_string()))?;
+            Ok(MyPageProjection::in_mongo(db.clone(), pages))
+        }
+        #[cfg(not(feature = "mongo"))]
+        Some(_) => Err(StartupError::Mongo(
+            "this build has no MongoDB client (build with --features mongo)".into(),
+        )),
+    }
+}
 
 /// The consumer loops a node runs.
 struct ConsumerTasks(Vec<ConsumerTask>);

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use surge_actors::events::RelayStats;
+use surge_actors::events::{MyPageProjection, RelayStats};
 use surge_actors::{CouponActors, OrderSagas, StockActors};
 use surge_persistence::Database;
 use surge_persistence::committer::{CommitStats, GroupCommitter};
@@ -29,6 +29,8 @@ pub struct AppState {
     pub items: Arc<LastKnownItems>,
     /// The outbox relay's figures.
     pub relay: Arc<RelayStats>,
+    /// The my-page read model (main database or MongoDB).
+    pub my_page: MyPageProjection,
 }
 
 /// The order machinery as the HTTP layer sees it.

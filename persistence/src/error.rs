@@ -39,6 +39,9 @@ pub enum PersistenceError {
     /// A stored value this build cannot read (an unknown status spelling).
     #[error("unreadable stored value: {0}")]
     Corrupt(String),
+    /// The read model's own store (MongoDB) failed.
+    #[error("read model store: {0}")]
+    ReadModel(String),
     /// Any other database error.
     #[error(transparent)]
     Database(sqlx::Error),

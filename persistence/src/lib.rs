@@ -13,6 +13,8 @@ mod error;
 pub mod items;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "mongo")]
+pub mod mongo_pages;
 pub mod my_page;
 pub mod orders;
 pub mod outbox;

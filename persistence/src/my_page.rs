@@ -126,9 +126,14 @@ impl Database {
         };
         let page: MemberPage = serde_json::from_str(&doc)
             .map_err(|e| PersistenceError::Corrupt(format!("my_page {user_id}: {e}")))?;
-        if !page.complete {
+        if !page.complete || self.unapplied_events(user_id).await? > 0 {
             return Ok(None);
         }
+        Ok(Some(StoredPage { page, updated_at }))
+    }
+
+    /// How many of a member's events in the outbox the read model has not applied yet.
+    pub async fn unapplied_events(&self, user_id: i64) -> Result<i64, PersistenceError> {
         let (behind,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM outbox o WHERE o.user_id = $1 AND o.event_id IS NOT NULL \
              AND NOT EXISTS (SELECT 1 FROM processed_events p \
@@ -138,7 +143,46 @@ impl Database {
         .bind(MY_PAGE_CONSUMER)
         .fetch_one(self.pool())
         .await?;
-        Ok((behind == 0).then_some(StoredPage { page, updated_at }))
+        Ok(behind)
+    }
+
+    /// Records events as applied by the projection (when its documents live elsewhere).
+    pub async fn record_processed(
+        &self,
+        events: &[Event],
+        now: i64,
+    ) -> Result<(), PersistenceError> {
+        let mut tx = self.begin_write().await?;
+        for event in events {
+            sqlx::query(
+                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (consumer, event_id) DO NOTHING",
+            )
+            .bind(MY_PAGE_CONSUMER)
+            .bind(&event.event_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A coupon's catalogue entry as a page shows it (`{name, discountRate, itemId}`).
+    pub async fn coupon_details(
+        &self,
+        coupon_id: i64,
+    ) -> Result<Option<serde_json::Value>, PersistenceError> {
+        let row: Option<(String, i64, Option<i64>)> =
+            sqlx::query_as("SELECT name, discount_tenths, item_id FROM coupons WHERE id = $1")
+                .bind(coupon_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|(name, tenths, item_id)| {
+            #[allow(clippy::cast_precision_loss, reason = "tenths ≤ 1000")]
+            let rate = tenths as f64 / 10.0;
+            serde_json::json!({"name": name, "discountRate": rate, "itemId": item_id})
+        }))
     }
 
     /// A member's stored page whatever its state (tests and admin).

@@ -173,6 +173,20 @@ pub fn assert_every_change(
         once(EventType::SessionRevoked, user).payload["userId"],
         user
     );
+    assert_eq!(once(EventType::ItemSoldOut, last).payload["itemId"], last);
+    assert!(
+        !seen.contains_key(&(EventType::ItemSoldOut, item)),
+        "{item} is not sold out"
+    );
+    // Every type of the contract is there but `OrderFailed`: orders are written once, final, so
+    // only an order left PROCESSING by an older version fails (recovery), through the same
+    // `end_order` transition that writes `OrderCancelled`.
+    for kind in EventType::ALL
+        .iter()
+        .filter(|k| **k != EventType::OrderFailed)
+    {
+        assert!(seen.keys().any(|(k, _)| k == kind), "no {kind} event");
+    }
     // Per key, in the order the changes happened.
     let position = |kind: EventType, id: i64| {
         events

@@ -14,6 +14,8 @@ mod items;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod members;
+#[cfg(feature = "mongo")]
+mod mongo;
 mod ops;
 mod orders;
 mod outage;

@@ -59,21 +59,116 @@ pub fn decode_rows(rows: &[OutboxRow]) -> Vec<Event> {
 }
 
 /// The consumer that keeps the my-page read model: applies each event once (a redelivery is
-/// recognised by its event id and changes nothing).
+/// recognised by its event id and changes nothing), into the main database or MongoDB.
 #[derive(Debug, Clone)]
 pub struct MyPageProjection {
     db: Database,
+    #[cfg(feature = "mongo")]
+    mongo: Option<std::sync::Arc<surge_persistence::mongo_pages::MongoPages>>,
 }
 
 impl MyPageProjection {
     /// A projection into `db`'s read model.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            #[cfg(feature = "mongo")]
+            mongo: None,
+        }
+    }
+
+    /// A projection whose documents live in MongoDB (`db` still records processed events).
+    #[cfg(feature = "mongo")]
+    pub fn in_mongo(db: Database, mongo: surge_persistence::mongo_pages::MongoPages) -> Self {
+        Self {
+            db,
+            mongo: Some(std::sync::Arc::new(mongo)),
+        }
+    }
+
+    /// Where the documents live: `main-database` or `mongodb`.
+    pub fn store(&self) -> &'static str {
+        #[cfg(feature = "mongo")]
+        if self.mongo.is_some() {
+            return "mongodb";
+        }
+        "main-database"
     }
 
     /// Applies a batch; returns how many events were new.
     pub async fn consume(&self, events: &[Event]) -> Result<usize, PersistenceError> {
+        #[cfg(feature = "mongo")]
+        if let Some(mongo) = &self.mongo {
+            return self.consume_into_mongo(mongo, events).await;
+        }
         self.db.apply_my_page_events(events, now_millis()).await
+    }
+
+    /// Each member's document by compare-and-set, then the ids recorded in the main database
+    /// (what "is this member's page current" asks). A crash between the two re-applies the
+    /// batch, and the documents drop what they already hold by id.
+    #[cfg(feature = "mongo")]
+    async fn consume_into_mongo(
+        &self,
+        mongo: &surge_persistence::mongo_pages::MongoPages,
+        events: &[Event],
+    ) -> Result<usize, PersistenceError> {
+        use std::collections::{BTreeMap, HashMap};
+        let mut details: HashMap<i64, Option<serde_json::Value>> = HashMap::new();
+        for event in events {
+            if event.kind == surge_domain::EventType::CouponIssued
+                && !details.contains_key(&event.aggregate_id)
+            {
+                let found = self.db.coupon_details(event.aggregate_id).await?;
+                details.insert(event.aggregate_id, found);
+            }
+        }
+        let mut by_member: BTreeMap<i64, Vec<(&Event, Option<&serde_json::Value>)>> =
+            BTreeMap::new();
+        for event in events {
+            if let Some(user) = event.user_id {
+                let detail = details.get(&event.aggregate_id).and_then(Option::as_ref);
+                let detail = (event.kind == surge_domain::EventType::CouponIssued)
+                    .then_some(detail)
+                    .flatten();
+                by_member.entry(user).or_default().push((event, detail));
+            }
+        }
+        let now = now_millis();
+        let mut new = 0;
+        for (user, member_events) in by_member {
+            new += mongo
+                .apply_member(user, &member_events, now)
+                .await
+                .map_err(|e| PersistenceError::ReadModel(e.to_string()))?;
+        }
+        self.db.record_processed(events, now).await?;
+        Ok(new)
+    }
+
+    /// A member's page when the read model holds every change about them.
+    pub async fn current_page(
+        &self,
+        user_id: i64,
+    ) -> Result<Option<surge_persistence::my_page::StoredPage>, PersistenceError> {
+        #[cfg(feature = "mongo")]
+        if let Some(mongo) = &self.mongo {
+            let Some(stored) = mongo
+                .page(user_id)
+                .await
+                .map_err(|e| PersistenceError::ReadModel(e.to_string()))?
+            else {
+                return Ok(None);
+            };
+            if !stored.page.complete || self.db.unapplied_events(user_id).await? > 0 {
+                return Ok(None);
+            }
+            return Ok(Some(surge_persistence::my_page::StoredPage {
+                page: stored.page,
+                updated_at: stored.updated_at,
+            }));
+        }
+        self.db.current_my_page(user_id).await
     }
 }
 

@@ -82,7 +82,7 @@ pub async fn get(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<MyPageResponse>, ApiError> {
     let user_id = caller.user_id.get();
-    match tokio::time::timeout(PART_TIMEOUT, state.db.current_my_page(user_id)).await {
+    match tokio::time::timeout(PART_TIMEOUT, state.my_page.current_page(user_id)).await {
         Ok(Ok(Some(stored))) => {
             if let Some(user) = stored.page.user {
                 return Ok(Json(MyPageResponse {
