@@ -2,7 +2,7 @@
 //! ([`surge_domain::MemberPage`]), changed by each event, and the processed-events table that
 //! makes a redelivered event change nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use surge_domain::{Event, EventType, MemberPage};
 
@@ -21,92 +21,127 @@ pub struct StoredPage {
 }
 
 impl Database {
-    /// Applies a batch of events to the members' pages in one transaction. An event already
-    /// processed (a redelivery) is skipped; events without a member are only recorded. Returns
-    /// how many events were new.
+    /// Applies a batch of events to the members' pages in one transaction of a few statements
+    /// whatever the batch's size (the projection shares the database's one writer with the
+    /// order path, so its transactions must be short): one multi-row insert of the event ids
+    /// that returns the new ones (a redelivered event is skipped), one read of the members'
+    /// documents, one multi-row upsert of them; and, when `published` is given (the in-process
+    /// relay), the outbox rows marked published in the same transaction. Events without a
+    /// member are only recorded. Returns how many events were new.
     pub async fn apply_my_page_events(
         &self,
         events: &[Event],
         now: i64,
+        published: &[i64],
     ) -> Result<usize, PersistenceError> {
-        if events.is_empty() {
+        use crate::placement::{Cell, Column, JsonRows, bulk_insert_sql};
+        if events.is_empty() && published.is_empty() {
             return Ok(0);
         }
+        let backend = self.backend();
         let mut tx = self.begin_write().await?;
-        let mut fresh = Vec::with_capacity(events.len());
+        let mut ids = JsonRows::default();
         for event in events {
-            let inserted = sqlx::query(
-                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (consumer, event_id) DO NOTHING",
-            )
-            .bind(MY_PAGE_CONSUMER)
-            .bind(&event.event_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                fresh.push(event);
-            }
+            ids.row(&[
+                Cell::Text(MY_PAGE_CONSUMER),
+                Cell::Text(&event.event_id),
+                Cell::Int(now),
+            ]);
         }
+        let columns = [
+            Column::Text("consumer"),
+            Column::Text("event_id"),
+            Column::Int("processed_at"),
+        ];
+        let sql = format!(
+            "{} WHERE true ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+            bulk_insert_sql(backend, "processed_events", &columns, 1)
+        );
+        let new: HashSet<String> = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql))
+            .bind(ids.finish())
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(id,)| id)
+            .collect();
         let mut by_member: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
-        for event in &fresh {
+        for event in events.iter().filter(|e| new.contains(&e.event_id)) {
             if let Some(user) = event.user_id {
                 by_member.entry(user).or_default().push(event);
             }
         }
-        let mut coupon_details: HashMap<i64, serde_json::Value> = HashMap::new();
-        for (user_id, events) in by_member {
-            let stored: Option<(String,)> =
-                sqlx::query_as("SELECT doc FROM my_page WHERE user_id = $1")
-                    .bind(user_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            let mut page: MemberPage = match stored {
-                Some((doc,)) => serde_json::from_str(&doc)
-                    .map_err(|e| PersistenceError::Corrupt(format!("my_page {user_id}: {e}")))?,
-                None => MemberPage::default(),
-            };
-            for event in events {
-                let details = if event.kind == EventType::CouponIssued {
-                    let id = event.aggregate_id;
-                    if let std::collections::hash_map::Entry::Vacant(slot) =
-                        coupon_details.entry(id)
-                    {
-                        let row: Option<(String, i64, Option<i64>)> = sqlx::query_as(
-                            "SELECT name, discount_tenths, item_id FROM coupons WHERE id = $1",
-                        )
-                        .bind(id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if let Some((name, tenths, item_id)) = row {
-                            #[allow(clippy::cast_precision_loss, reason = "tenths ≤ 1000")]
-                            let rate = tenths as f64 / 10.0;
-                            slot.insert(serde_json::json!({
-                                "name": name, "discountRate": rate, "itemId": item_id,
-                            }));
-                        }
-                    }
-                    coupon_details.get(&id)
-                } else {
-                    None
-                };
-                page.apply(event, details);
+        if !by_member.is_empty() {
+            // Integers we hold ourselves; nothing from a client is spliced in.
+            let members = id_list(by_member.keys().copied());
+            let stored: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT user_id, doc FROM my_page WHERE user_id IN ({members})"
+            )))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut pages: HashMap<i64, MemberPage> = HashMap::with_capacity(by_member.len());
+            for (user_id, doc) in stored {
+                let page = serde_json::from_str(&doc)
+                    .map_err(|e| PersistenceError::Corrupt(format!("my_page {user_id}: {e}")))?;
+                pages.insert(user_id, page);
             }
-            let doc = serde_json::to_string(&page)
-                .map_err(|e| PersistenceError::Corrupt(e.to_string()))?;
-            sqlx::query(
-                "INSERT INTO my_page (user_id, doc, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc, updated_at = excluded.updated_at",
-            )
-            .bind(user_id)
-            .bind(doc)
+            let coupon_ids: Vec<i64> = by_member
+                .values()
+                .flatten()
+                .filter(|e| e.kind == EventType::CouponIssued)
+                .map(|e| e.aggregate_id)
+                .collect();
+            let mut coupons: HashMap<i64, serde_json::Value> = HashMap::new();
+            if !coupon_ids.is_empty() {
+                let rows: Vec<(i64, String, i64, Option<i64>)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "SELECT id, name, discount_tenths, item_id FROM coupons WHERE id IN ({})",
+                        id_list(coupon_ids.into_iter())
+                    )))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for (id, name, tenths, item_id) in rows {
+                    coupons.insert(id, coupon_entry(name, tenths, item_id));
+                }
+            }
+            let mut docs = JsonRows::default();
+            for (user_id, events) in &by_member {
+                let page = pages.entry(*user_id).or_default();
+                for event in events {
+                    let details = (event.kind == EventType::CouponIssued)
+                        .then(|| coupons.get(&event.aggregate_id))
+                        .flatten();
+                    page.apply(event, details);
+                }
+                let doc = serde_json::to_string(page)
+                    .map_err(|e| PersistenceError::Corrupt(e.to_string()))?;
+                docs.row(&[Cell::Int(*user_id), Cell::Text(&doc), Cell::Int(now)]);
+            }
+            let columns = [
+                Column::Int("user_id"),
+                Column::Text("doc"),
+                Column::Int("updated_at"),
+            ];
+            let sql = format!(
+                "{} WHERE true ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc, \
+                 updated_at = excluded.updated_at",
+                bulk_insert_sql(backend, "my_page", &columns, 1)
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(docs.finish())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !published.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE outbox SET published_at = $1 WHERE id IN ({}) AND published_at IS NULL",
+                id_list(published.iter().copied())
+            )))
             .bind(now)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
-        Ok(fresh.len())
+        Ok(new.len())
     }
 
     /// A member's page, when the read model has one that holds every change about them: it was
@@ -178,11 +213,7 @@ impl Database {
                 .bind(coupon_id)
                 .fetch_optional(self.pool())
                 .await?;
-        Ok(row.map(|(name, tenths, item_id)| {
-            #[allow(clippy::cast_precision_loss, reason = "tenths ≤ 1000")]
-            let rate = tenths as f64 / 10.0;
-            serde_json::json!({"name": name, "discountRate": rate, "itemId": item_id})
-        }))
+        Ok(row.map(|(name, tenths, item_id)| coupon_entry(name, tenths, item_id)))
     }
 
     /// A member's stored page whatever its state (tests and admin).
@@ -233,4 +264,16 @@ impl Database {
             coupons_unused,
         })
     }
+}
+
+/// A coupon's catalogue entry as a page shows it.
+fn coupon_entry(name: String, tenths: i64, item_id: Option<i64>) -> serde_json::Value {
+    #[allow(clippy::cast_precision_loss, reason = "tenths ≤ 1000")]
+    let rate = tenths as f64 / 10.0;
+    serde_json::json!({"name": name, "discountRate": rate, "itemId": item_id})
+}
+
+/// `1,2,3` for an `IN (…)` of integers.
+fn id_list(ids: impl Iterator<Item = i64>) -> String {
+    ids.map(|id| id.to_string()).collect::<Vec<_>>().join(",")
 }

@@ -248,7 +248,7 @@ async fn take_units(
 
 /// A column of a bulk insert, with its SQL type (for PostgreSQL's cast).
 #[derive(Clone, Copy)]
-enum Column {
+pub(crate) enum Column {
     Int(&'static str),
     Text(&'static str),
 }
@@ -256,7 +256,7 @@ enum Column {
 /// `INSERT INTO {table} (…) SELECT … FROM <the rows of one JSON array parameter>`: one
 /// statement and one bound parameter for any number of rows, so its text never changes (it is
 /// prepared once per connection) and binding costs nothing (one parameter to look up).
-fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column], param: usize) -> String {
+pub(crate) fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column], param: usize) -> String {
     let names: Vec<&str> = columns
         .iter()
         .map(|c| match c {
@@ -285,10 +285,10 @@ fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column], param: usi
 
 /// A JSON array of rows, each an array of cells, built without intermediate values.
 #[derive(Default)]
-struct JsonRows(String);
+pub(crate) struct JsonRows(String);
 
 impl JsonRows {
-    fn row(&mut self, cells: &[Cell<'_>]) {
+    pub(crate) fn row(&mut self, cells: &[Cell<'_>]) {
         self.0.push(if self.0.is_empty() { '[' } else { ',' });
         self.0.push('[');
         for (i, cell) in cells.iter().enumerate() {
@@ -306,7 +306,7 @@ impl JsonRows {
         self.0.push(']');
     }
 
-    fn finish(mut self) -> String {
+    pub(crate) fn finish(mut self) -> String {
         if self.0.is_empty() {
             self.0.push('[');
         }
@@ -315,7 +315,7 @@ impl JsonRows {
     }
 }
 
-enum Cell<'a> {
+pub(crate) enum Cell<'a> {
     Int(i64),
     Null,
     Text(&'a str),

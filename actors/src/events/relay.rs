@@ -258,7 +258,9 @@ impl Relay {
             }
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        if let Err(e) = self.db.mark_published(&ids, now_millis()).await {
+        if self.sink.marks_published() {
+            // Marked in the transaction that stored the batch's effect.
+        } else if let Err(e) = self.db.mark_published(&ids, now_millis()).await {
             // Delivered but not marked: the next round delivers them again, and consumers
             // recognise them by their event ids.
             tracing::warn!(error = %e, "marking events published failed");
@@ -269,7 +271,13 @@ impl Relay {
             .published
             .fetch_add(u64::try_from(ids.len()).unwrap_or(0), Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        Round::Delivered
+        if ids.len() < usize::try_from(RELAY_BATCH).unwrap_or(usize::MAX) {
+            // Caught up: wait a tick before the next round, so the relay's writes come in a
+            // few large transactions rather than many small ones between the order batches.
+            Round::Idle
+        } else {
+            Round::Delivered
+        }
     }
 
     /// Takes or renews the lease. `true` while this node may relay.
