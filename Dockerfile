@@ -1,8 +1,11 @@
 # Two stages: build the release binary, then run it on a slim image without a toolchain.
 FROM rust:1.88-slim-bookworm AS build
 WORKDIR /src
+# librdkafka (feature kafka) builds with cmake and wants the curl header.
+RUN apt-get update && apt-get install -y --no-install-recommends cmake g++ make libcurl4-openssl-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY . .
-RUN cargo build --release --locked --bin surge
+RUN cargo build --release --locked --bin surge --features kafka,mongo
 
 FROM debian:bookworm-slim
 RUN useradd --system --home /var/lib/surge --create-home surge
