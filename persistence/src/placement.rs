@@ -256,7 +256,12 @@ pub(crate) enum Column {
 /// `INSERT INTO {table} (…) SELECT … FROM <the rows of one JSON array parameter>`: one
 /// statement and one bound parameter for any number of rows, so its text never changes (it is
 /// prepared once per connection) and binding costs nothing (one parameter to look up).
-pub(crate) fn bulk_insert_sql(backend: Backend, table: &str, columns: &[Column], param: usize) -> String {
+pub(crate) fn bulk_insert_sql(
+    backend: Backend,
+    table: &str,
+    columns: &[Column],
+    param: usize,
+) -> String {
     let names: Vec<&str> = columns
         .iter()
         .map(|c| match c {

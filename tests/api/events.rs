@@ -179,8 +179,8 @@ pub fn assert_every_change(
         "{item} is not sold out"
     );
     // Every type of the contract is there but `OrderFailed`: orders are written once, final, so
-    // only an order left PROCESSING by an older version fails (recovery), through the same
-    // `end_order` transition that writes `OrderCancelled`.
+    // only an order left PROCESSING by an older version fails (recovery; tested in
+    // `an_order_failed_at_recovery_writes_order_failed`).
     for kind in EventType::ALL
         .iter()
         .filter(|k| **k != EventType::OrderFailed)
@@ -388,4 +388,37 @@ async fn two_nodes_relay_through_one_lease_and_the_survivor_takes_over() {
     .await;
     assert_eq!(page["stats"]["totalSpent"], 50);
     eprintln!("the survivor relayed the next change after {took:?}");
+}
+
+on_both_backends! {
+    async fn an_order_failed_at_recovery_writes_order_failed(app: TestApp) {
+        let admin = app.admin().await;
+        let buyer = app.new_user().await;
+        let item = app.create_item(&admin, "Left behind", 30, 5).await["itemId"].as_i64().unwrap();
+        // An order an older version left PROCESSING (orders are written final today).
+        let order = 900_000_001_i64;
+        execute(&app, &[
+            &format!("INSERT INTO orders (id, user_id, status, coupon_id, total_price, discount, \
+                      created_at, updated_at) VALUES ({order}, {}, 'PROCESSING', NULL, 30, 0, 1, 1)",
+                     buyer.user_id),
+            &format!("INSERT INTO order_lines (order_id, line_no, item_id, quantity, unit_price, status) \
+                      VALUES ({order}, 0, {item}, 1, 30, 'PROCESSING')"),
+        ]).await;
+        let app = app.restart().await;
+        let failed: Vec<Event> = outbox_events(&app)
+            .await
+            .into_iter()
+            .filter(|e| e.kind == EventType::OrderFailed)
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert_eq!(failed[0].aggregate_id, order);
+        assert_eq!(failed[0].user_id, Some(buyer.user_id));
+        assert_eq!(failed[0].payload["status"], "FAILED");
+        let (page, _) = read_model_page(&app, &buyer, Duration::from_secs(2), |p| {
+            p["recentOrders"][0]["orderId"] == order
+        })
+        .await;
+        assert_eq!(page["recentOrders"][0]["status"], "FAILED");
+        assert_eq!(page["stats"]["ordersSucceeded"], 0);
+    }
 }

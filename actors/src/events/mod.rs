@@ -107,7 +107,9 @@ impl MyPageProjection {
         if let Some(mongo) = &self.mongo {
             return self.consume_into_mongo(mongo, events).await;
         }
-        self.db.apply_my_page_events(events, now_millis(), &[]).await
+        self.db
+            .apply_my_page_events(events, now_millis(), &[])
+            .await
     }
 
     /// Applies a batch read from the outbox and marks its rows published, in one transaction
@@ -122,7 +124,9 @@ impl MyPageProjection {
             self.db.mark_published(&ids, now_millis()).await?;
             return Ok(new);
         }
-        self.db.apply_my_page_events(&events, now_millis(), &ids).await
+        self.db
+            .apply_my_page_events(&events, now_millis(), &ids)
+            .await
     }
 
     /// Each member's document by compare-and-set, then the ids recorded in the main database
