@@ -65,7 +65,13 @@ impl Database {
             .map(|(id,)| id)
             .collect();
         let mut by_member: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
-        for event in events.iter().filter(|e| new.contains(&e.event_id)) {
+        // A batch may hold two copies of one event (a redelivery read together with the
+        // original): the insert returns its id once, and only its first copy is applied.
+        let mut taken: HashSet<&str> = HashSet::with_capacity(new.len());
+        for event in events
+            .iter()
+            .filter(|e| new.contains(&e.event_id) && taken.insert(e.event_id.as_str()))
+        {
             if let Some(user) = event.user_id {
                 by_member.entry(user).or_default().push(event);
             }
@@ -276,4 +282,47 @@ fn coupon_entry(name: String, tenths: i64, item_id: Option<i64>) -> serde_json::
 /// `1,2,3` for an `IN (…)` of integers.
 fn id_list(ids: impl Iterator<Item = i64>) -> String {
     ids.map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+    use surge_domain::{Event, EventType};
+
+    use crate::testing::ScratchDb;
+
+    fn order(user: i64, id: i64) -> Event {
+        Event::new(
+            EventType::OrderSucceeded,
+            id,
+            Some(user),
+            0,
+            json!({"orderId": id, "userId": user, "status": "SUCCEEDED", "totalPrice": 10}),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_event_changes_nothing_even_in_the_same_batch() {
+        let scratch = ScratchDb::sqlite().await.unwrap();
+        let db = &scratch.db;
+        let signed_up = Event::new(
+            EventType::MemberSignedUp,
+            7,
+            Some(7),
+            0,
+            json!({"userId": 7}),
+        );
+        let (first, second) = (order(7, 1), order(7, 2));
+        // The original and its redelivered copy read in one batch.
+        let batch = [signed_up.clone(), first.clone(), first.clone()];
+        assert_eq!(db.apply_my_page_events(&batch, 1, &[]).await.unwrap(), 2);
+        // Redelivered again later, with one new event.
+        let batch = [first.clone(), second, signed_up];
+        assert_eq!(db.apply_my_page_events(&batch, 2, &[]).await.unwrap(), 1);
+        let page = db.stored_my_page(7).await.unwrap().unwrap();
+        assert_eq!(page.stats.orders_succeeded, 2);
+        assert_eq!(page.stats.total_spent, 20);
+        assert_eq!(page.recent_orders.len(), 2);
+    }
 }
