@@ -123,11 +123,29 @@ impl Default for Metrics {
     }
 }
 
+/// The method as a label: the standard ones by name, any other as `OTHER`, so a client that
+/// sends made-up methods cannot add series (each with a whole histogram) without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
 /// Middleware: counts and times every request under its route template (not its raw path, so
 /// ids do not explode the label space).
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -144,4 +162,21 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::method_label;
+
+    #[test]
+    fn only_standard_methods_keep_their_name() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        let odd = Method::from_bytes(b"BREW").unwrap_or(Method::GET);
+        assert_eq!(method_label(&odd), "OTHER");
+        let long = Method::from_bytes("X".repeat(4_000).as_bytes()).unwrap_or(Method::GET);
+        assert_eq!(method_label(&long), "OTHER");
+    }
 }

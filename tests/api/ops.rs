@@ -55,3 +55,52 @@ async fn readiness_names_the_database_while_it_refuses_connections() {
     assert!(recovered, "readiness did not recover");
     app.stop().await;
 }
+
+/// The number of `surge_http_requests_total` series in `/metrics`.
+async fn request_series(app: &TestApp, admin: &crate::helpers::TestUser) -> usize {
+    let text = app
+        .get("/metrics")
+        .bearer_auth(&admin.access)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("surge_http_requests_total{"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_methods_and_paths_add_no_metric_series() {
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite).await;
+    let admin = app.admin().await;
+    // One of each kind first, so the series they share exist.
+    for (method, path) in [
+        ("BREW", "/coffee"),
+        ("GET", "/nowhere"),
+        ("BREW", "/health/live"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let _ = app.request(method, path).send().await.unwrap();
+    }
+    let _ = request_series(&app, &admin).await;
+    let before = request_series(&app, &admin).await;
+    for n in 0..1_000 {
+        let name = format!("M{}{}", uuid::Uuid::new_v4().simple(), "X".repeat(n % 200));
+        let method = reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        let path = if n % 2 == 0 {
+            format!("/random/{n}/{name}")
+        } else {
+            "/health/live".to_owned()
+        };
+        let response = app.request(method, &path).send().await.unwrap();
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    assert_eq!(
+        request_series(&app, &admin).await,
+        before,
+        "1,000 made-up methods and paths added series"
+    );
+}
