@@ -124,7 +124,27 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// `X-Content-Type-Options: nosniff` on every answer (a browser must not guess a JSON error is
+/// HTML), and `WWW-Authenticate: Bearer` on every 401 (RFC 6750: say which scheme is wanted).
+async fn security_headers(request: axum::extract::Request, next: middleware::Next) -> Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .entry(header::WWW_AUTHENTICATE)
+            .or_insert(HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -133,3 +133,24 @@ async fn the_generated_signing_key_is_private() {
     assert_eq!(mode & 0o777, 0o600);
     app.stop().await;
 }
+
+on_both_backends! {
+    async fn token_answers_are_not_cached_and_401_names_the_scheme(app: TestApp) {
+        let user = app.new_user().await;
+        let response = app
+            .post("/api/v1/auth/login")
+            .json(&serde_json::json!({"loginId": user.login_id, "password": user.password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let response = app.get("/api/v1/users/me").send().await.unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        let response = app.get("/no/such/route").send().await.unwrap();
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    }
+}
