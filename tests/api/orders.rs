@@ -302,3 +302,34 @@ on_both_backends! {
         assert_eq!(stock_of(&app, item).await, 48);
     }
 }
+
+on_both_backends! {
+    async fn a_repeated_idempotency_key_header_is_refused_and_writes_nothing(app: TestApp) {
+        let admin = app.admin().await;
+        let buyer = app.new_user().await;
+        let item = app.create_item(&admin, "Twice keyed", 10, 5).await["itemId"].as_i64().unwrap();
+        let answer = send(
+            app.post("/api/v1/orders")
+                .bearer_auth(&buyer.access)
+                .header("Idempotency-Key", "first")
+                .header("Idempotency-Key", "second")
+                .json(&json!({"lines": [{"itemId": item, "quantity": 1}]})),
+        )
+        .await;
+        assert_error(&answer, 400, "VALIDATION_FAILED");
+        assert!(answer.1["message"].as_str().unwrap().contains("Idempotency-Key"), "{}", answer.1);
+        assert_eq!(app.count("SELECT COUNT(*) FROM orders WHERE user_id = $1", buyer.user_id).await, 0);
+        let (_, coupon) = send(app.post("/api/v1/coupons").bearer_auth(&admin.access)
+            .json(&json!({"name": "Keyed twice", "discountRate": 5, "quantity": 3}))).await;
+        let coupon = coupon["couponId"].as_i64().unwrap();
+        let answer = send(
+            app.post(&format!("/api/v1/coupons/{coupon}/issue"))
+                .bearer_auth(&buyer.access)
+                .header("Idempotency-Key", "a")
+                .header("Idempotency-Key", "b"),
+        )
+        .await;
+        assert_error(&answer, 400, "VALIDATION_FAILED");
+        assert_eq!(app.count("SELECT COUNT(*) FROM coupon_issues WHERE user_id = $1", buyer.user_id).await, 0);
+    }
+}

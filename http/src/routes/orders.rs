@@ -160,6 +160,13 @@ fn request_hash(lines: &[(ItemId, Quantity)], coupon: Option<i64>) -> String {
 }
 
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    // Two keys on one request: which one a proxy or the server would honour is a guess, so
+    // neither is.
+    if headers.get_all(IDEMPOTENCY_HEADER).iter().nth(1).is_some() {
+        return Err(
+            ValidationError::new("Idempotency-Key", "must be sent once, not repeated").into(),
+        );
+    }
     headers
         .get(IDEMPOTENCY_HEADER)
         .map(|v| {
