@@ -157,6 +157,13 @@ impl Database {
         &self,
         user_id: i64,
     ) -> Result<Option<StoredPage>, PersistenceError> {
+        // The unapplied count first, the document after: the document only moves forward, so
+        // one read after "nothing unapplied" holds every change made before that count. (The
+        // other order raced with the relay: an old document, then a count taken after the
+        // relay applied the change, served a page without it.)
+        if self.unapplied_events(user_id).await? > 0 {
+            return Ok(None);
+        }
         let stored: Option<(String, i64)> =
             sqlx::query_as("SELECT doc, updated_at FROM my_page WHERE user_id = $1")
                 .bind(user_id)
@@ -167,10 +174,7 @@ impl Database {
         };
         let page: MemberPage = serde_json::from_str(&doc)
             .map_err(|e| PersistenceError::Corrupt(format!("my_page {user_id}: {e}")))?;
-        if !page.complete || self.unapplied_events(user_id).await? > 0 {
-            return Ok(None);
-        }
-        Ok(Some(StoredPage { page, updated_at }))
+        Ok(page.complete.then_some(StoredPage { page, updated_at }))
     }
 
     /// How many of a member's events in the outbox the read model has not applied yet.

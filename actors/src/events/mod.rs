@@ -178,6 +178,10 @@ impl MyPageProjection {
     ) -> Result<Option<surge_persistence::my_page::StoredPage>, PersistenceError> {
         #[cfg(feature = "mongo")]
         if let Some(mongo) = &self.mongo {
+            // The count first, the document after (see `Database::current_my_page`).
+            if self.db.unapplied_events(user_id).await? > 0 {
+                return Ok(None);
+            }
             let Some(stored) = mongo
                 .page(user_id)
                 .await
@@ -185,7 +189,7 @@ impl MyPageProjection {
             else {
                 return Ok(None);
             };
-            if !stored.page.complete || self.db.unapplied_events(user_id).await? > 0 {
+            if !stored.page.complete {
                 return Ok(None);
             }
             return Ok(Some(surge_persistence::my_page::StoredPage {
