@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches as _};
 use secrecy::SecretString;
 use surge_actors::StockStrategy;
+use surge_cluster::ClusterSettings;
 use surge_domain::{LoginId, Password};
 use surge_persistence::Backend;
 /// Where the API listens unless `SURGE_HTTP_ADDR` says otherwise.
@@ -120,6 +121,11 @@ pub struct Config {
     pub outbox_retention: Duration,
     /// `SURGE_MONGO_URL`: the my-page read model lives in MongoDB. `None`: the main database.
     pub mongo_url: Option<SecretString>,
+    /// `SURGE_CLUSTER_*`, `SURGE_SHARDS`, `SURGE_LEASE_MS`: this node joins the cluster
+    /// recorded in the database. `None`: a single node.
+    pub cluster: Option<ClusterSettings>,
+    /// `SURGE_SHARDS` (shown by `/admin/cluster` on a single node too).
+    pub shards: i64,
 }
 
 /// Where events are published.
@@ -147,11 +153,15 @@ pub struct RedisSettings {
     pub timeout: Duration,
 }
 
+/// Shortest accepted `SURGE_CLUSTER_SECRET`: a key that authenticates stock operations must
+/// not be guessable.
+const MIN_CLUSTER_SECRET_BYTES: usize = 32;
+
 /// Longest accepted `SURGE_REDIS_KEY_PREFIX`.
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 23] = [
+const VARIABLES: [&str; 28] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -175,6 +185,11 @@ const VARIABLES: [&str; 23] = [
     "SURGE_KAFKA_TOPIC_PREFIX",
     "SURGE_OUTBOX_RETENTION_S",
     "SURGE_MONGO_URL",
+    "SURGE_CLUSTER_ADDR",
+    "SURGE_CLUSTER_ADVERTISE_ADDR",
+    "SURGE_CLUSTER_SECRET",
+    "SURGE_SHARDS",
+    "SURGE_LEASE_MS",
 ];
 
 /// What [`ConfigError::variable`] says about an error no single variable caused.
@@ -225,7 +240,7 @@ pub struct ServeArgs {
 
     /// Owner name of the stock allotments this node takes.
     #[arg(long, env = "SURGE_NODE_ID", default_value = "node-1",
-          value_parser = or_default("node-1", parse_text))]
+          value_parser = or_default("node-1", parse_node_id))]
     pub node_id: String,
 
     /// How long an order request waits for its outcome before 202 PROCESSING.
@@ -312,6 +327,33 @@ pub struct ServeArgs {
     #[arg(long, env = "SURGE_MONGO_URL", default_value = "", hide_default_value = true,
           hide_env_values = true, value_parser = optional(parse_mongo_url))]
     pub mongo_url: Unset<SecretString>,
+
+    /// This node's internal listener (host:port); set, the node joins the cluster recorded
+    /// in the shared PostgreSQL database [default: none: a single node].
+    #[arg(long, env = "SURGE_CLUSTER_ADDR", default_value = "", hide_default_value = true,
+          value_parser = optional(parse_addr))]
+    pub cluster_addr: Unset<SocketAddr>,
+
+    /// The address peers use to reach this node [default: SURGE_CLUSTER_ADDR].
+    #[arg(long, env = "SURGE_CLUSTER_ADVERTISE_ADDR", default_value = "",
+          hide_default_value = true, value_parser = optional(parse_text))]
+    pub cluster_advertise_addr: Unset<String>,
+
+    /// The key (at least 32 bytes) that authenticates calls between nodes; required with
+    /// --cluster-addr.
+    #[arg(long, env = "SURGE_CLUSTER_SECRET", default_value = "", hide_default_value = true,
+          hide_env_values = true, value_parser = optional(parse_cluster_secret))]
+    pub cluster_secret: Unset<SecretString>,
+
+    /// Stock shards, fixed at the cluster's first start.
+    #[arg(long, env = "SURGE_SHARDS", default_value = "64",
+          value_parser = or_default("64", number(1, 4_096)))]
+    pub shards: u64,
+
+    /// Shard lease length; an owner renews six times per lease.
+    #[arg(long, env = "SURGE_LEASE_MS", default_value = "3000",
+          value_parser = or_default("3000", number(600, 60_000)))]
+    pub lease_ms: u64,
 }
 
 impl ServeArgs {
@@ -374,7 +416,44 @@ impl ServeArgs {
                 "redis-decr needs SURGE_REDIS_URL",
             ));
         }
+        let shards = i64::try_from(self.shards).unwrap_or(64);
+        let cluster = match self.cluster_addr.0 {
+            None => None,
+            Some(listen) => {
+                if backend == Backend::Sqlite {
+                    return Err(invalid(
+                        "SURGE_CLUSTER_ADDR",
+                        "a cluster shares one PostgreSQL database; the embedded SQLite file \
+                         serves a single node (unset it, or set SURGE_DATABASE_URL=postgres://…)",
+                    ));
+                }
+                let Some(secret) = self.cluster_secret.0 else {
+                    return Err(invalid(
+                        "SURGE_CLUSTER_SECRET",
+                        "is required with SURGE_CLUSTER_ADDR (at least 32 bytes, the same on \
+                         every node)",
+                    ));
+                };
+                if redis.is_none() {
+                    return Err(invalid(
+                        "SURGE_REDIS_URL",
+                        "is required with SURGE_CLUSTER_ADDR: in a cluster the coupon counts \
+                         live in Redis, which every node shares",
+                    ));
+                }
+                Some(ClusterSettings {
+                    node_id: self.node_id.clone(),
+                    listen,
+                    advertise: self.cluster_advertise_addr.0,
+                    secret,
+                    shards,
+                    lease: Duration::from_millis(self.lease_ms),
+                })
+            }
+        };
         Ok(Config {
+            cluster,
+            shards,
             http_addr: self.http_addr,
             admin_addr: self.admin_addr.0,
             database_url: self.database_url,
@@ -502,6 +581,32 @@ fn parse_jwt_secret(raw: &str) -> Result<SecretString, String> {
     let min = surge_http::auth::MIN_JWT_SECRET_BYTES;
     if raw.len() < min {
         return Err(format!("must be at least {min} bytes"));
+    }
+    Ok(SecretString::from(raw))
+}
+
+/// Longest accepted `SURGE_NODE_ID`.
+const MAX_NODE_ID: usize = 64;
+
+fn parse_node_id(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_NODE_ID
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "must be 1 to {MAX_NODE_ID} letters, digits, '-', '_' or '.' (it names the node in \
+             headers and in the cluster table)"
+        ))
+    }
+}
+
+fn parse_cluster_secret(raw: &str) -> Result<SecretString, String> {
+    if raw.len() < MIN_CLUSTER_SECRET_BYTES {
+        return Err(format!("must be at least {MIN_CLUSTER_SECRET_BYTES} bytes"));
     }
     Ok(SecretString::from(raw))
 }

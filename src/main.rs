@@ -18,6 +18,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start, never copied on a hot path"
+)]
 enum Command {
     Serve(ServeArgs),
     Bench(BenchArgs),
@@ -80,7 +84,11 @@ async fn serve(settings: ServeArgs) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = %e, "surge could not start");
-            return ExitCode::FAILURE;
+            return if e.is_refusal() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            };
         }
     };
     match app.run_until_stopped().await {

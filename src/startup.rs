@@ -15,7 +15,7 @@ use surge_actors::{
 };
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
-use surge_http::{AppState, AuthService, AuthSettings, Metrics, OrderServices};
+use surge_http::{AppState, AuthService, AuthSettings, Metrics, NodeInfo, OrderServices};
 use surge_persistence::committer::{CommitterConfig, GroupCommitter, WriterGuard};
 use surge_persistence::comparison::RedisStock;
 use surge_persistence::redis_coupons::RedisCoupons;
@@ -25,9 +25,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{BootstrapAdmin, Config, KafkaSettings};
+use surge_actors::ShardOwnership;
+use surge_cluster::{ClusterError, ClusterNode};
 
 /// Name of the generated signing key kept next to the embedded database.
 const JWT_KEY_FILE: &str = "jwt-secret";
+/// How often a cluster node reads revocations made on other nodes. A revoked login is
+/// refused on every node within this (plus a database round trip).
+const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How far back each revocation read looks: node clocks stamp `revoked_at`, so a read looks
+/// past the last one by more than any plausible skew between nodes.
+const REVOCATION_LOOKBACK_MS: i64 = 10_000;
 /// How often expired login sessions are deleted.
 const SESSION_PURGE_INTERVAL: Duration = Duration::from_secs(60 * 60);
 
@@ -58,6 +66,17 @@ pub enum StartupError {
     /// MongoDB (the read model's store) did not answer.
     #[error("mongodb: {0}")]
     Mongo(String),
+    /// The node could not join its cluster.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+}
+
+impl StartupError {
+    /// Whether the node was refused by its settings (exit 2: a shard count other than the
+    /// cluster's, a node id a live node uses) rather than by a failure.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Cluster(e) if e.is_refusal())
+    }
 }
 
 /// Stops a running node as SIGTERM would. Cloneable; used by tests and embedders.
@@ -98,12 +117,18 @@ struct Writers {
 
 impl Application {
     /// Opens the database, applies migrations, prepares auth and binds the listeners.
-    pub async fn build(config: Config) -> Result<Self, StartupError> {
+    pub async fn build(mut config: Config) -> Result<Self, StartupError> {
         let db = Database::connect(
             &config.database_url,
             &DatabaseOptions::for_backend(config.backend),
         )
         .await?;
+        // A cluster node joins first: a refused join (shard count, a live duplicate id)
+        // must stop it before it touches any stock.
+        let joined = match config.cluster.take() {
+            Some(settings) => Some(surge_cluster::join(&db, settings).await?),
+            None => None,
+        };
         let jwt_secret = match config.jwt_secret {
             Some(secret) => secret,
             None => embedded_jwt_secret(&config.database_url)?,
@@ -128,11 +153,17 @@ impl Application {
                 owner: config.node_id.clone(),
                 passivate_after: config.stock_passivate_after,
                 max_waiting_per_item: config.max_waiting_per_item,
+                ownership: joined
+                    .as_ref()
+                    .map(|j| Arc::new(j.view.clone()) as Arc<dyn ShardOwnership>),
                 ..StockConfig::default()
             },
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
+        let cluster = joined
+            .map(|j| ClusterNode::start(db.clone(), j, stock.clone(), circuits.clone()))
+            .transpose()?;
         let baseline_redis = match (&config.redis, config.stock_strategy) {
             (Some(settings), StockStrategy::RedisDecr) => Some(
                 RedisStock::connect(
@@ -197,14 +228,15 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
-        let stock_path: Arc<dyn StockPath> = match baseline {
-            Some(baseline) => Arc::new(baseline),
-            None => Arc::new(stock.clone()),
+        let stock_path: Arc<dyn StockPath> = match (baseline, &cluster) {
+            (Some(baseline), _) => Arc::new(baseline),
+            (None, Some(cluster)) => Arc::new(cluster.routed()),
+            (None, None) => Arc::new(stock.clone()),
         };
         let sagas = OrderSagas::start(SagaDeps {
             db: db.clone(),
             ledger: Arc::new(committer.clone()),
-            stock: stock_path,
+            stock: stock_path.clone(),
             coupons: coupons.clone(),
             breaker: db_breaker.clone(),
             // A saga holds and writes within the client's answer deadline; past it the client
@@ -238,9 +270,16 @@ impl Application {
             db,
             auth: Arc::new(auth),
             metrics: Arc::new(Metrics::new()),
+            node: NodeInfo {
+                node_id: config.node_id.as_str().into(),
+                shards: config.shards,
+                started_at: surge_domain::time_fmt::rfc3339(now_millis()).into(),
+                cluster,
+            },
             orders: OrderServices {
                 sagas,
                 stock,
+                stock_path,
                 committer,
                 commit_stats,
                 circuits,
@@ -315,6 +354,27 @@ impl Application {
         // this future is dropped.
         let mut background = Background::new(stop.clone());
         background.spawn(purge_sessions(state.db.clone(), stop.subscribe()));
+        // The cluster's lease loop and internal listener run until the node has handed its
+        // shards over, after the public listener and the sagas are done.
+        let (cluster_stop, _) = watch::channel(false);
+        let cluster_tasks = match &state.node.cluster {
+            Some(cluster) => {
+                background.spawn(follow_revocations(
+                    state.db.clone(),
+                    state.auth.clone(),
+                    stop.subscribe(),
+                ));
+                let evict = stop.clone();
+                cluster.run(
+                    cluster_stop.subscribe(),
+                    cluster_stop.subscribe(),
+                    move || {
+                        evict.send_replace(true);
+                    },
+                )
+            }
+            None => Vec::new(),
+        };
         for consumer in writers.consumers.0 {
             background.spawn(consumer(stop.subscribe()));
         }
@@ -353,6 +413,13 @@ impl Application {
         let still_running = state.orders.sagas.wait_idle(answer_deadline).await;
         if still_running > 0 {
             tracing::warn!(still_running, "stopping with order sagas still running");
+        }
+        if let Some(cluster) = &state.node.cluster {
+            cluster.leave().await;
+            cluster_stop.send_replace(true);
+            for task in cluster_tasks {
+                let _ = task.await;
+            }
         }
         state.orders.stock.drain().await;
         state.orders.sagas.stop();
@@ -507,6 +574,30 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+    }
+}
+
+/// A cluster node: revocations made on other nodes (logout, refresh-token reuse) join this
+/// node's denylist within [`REVOCATION_POLL`].
+async fn follow_revocations(db: Database, auth: Arc<AuthService>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(REVOCATION_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        match db
+            .sessions_revoked_since(now_millis() - REVOCATION_LOOKBACK_MS)
+            .await
+        {
+            Ok(revoked) => {
+                for (session, at) in revoked {
+                    auth.deny_session(&session, at);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read revocations"),
+        }
     }
 }
 

@@ -17,4 +17,6 @@ pub use coupons::{
     IssueWriterConfig, QueueStatus,
 };
 pub use orders::{CouponProblem, OrderRequest, OrderSagas, SagaDeps, SagaError, SagaOutcome};
-pub use stock::{BaselineStock, ReserveError, StockActors, StockConfig, StockPath, StockStrategy};
+pub use stock::{
+    BaselineStock, ReserveError, ShardOwnership, StockActors, StockConfig, StockPath, StockStrategy,
+};

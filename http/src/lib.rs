@@ -27,7 +27,7 @@ pub use auth::{AuthService, AuthSettings};
 pub use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
 pub use metrics::Metrics;
 pub use routes::users::create_member;
-pub use state::{AppState, OrderServices};
+pub use state::{AppState, NodeInfo, OrderServices};
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -43,6 +43,7 @@ pub use state::{AppState, OrderServices};
         routes::coupons::queue_me, routes::coupons::mine,
         routes::my_page::get,
         routes::admin::actors, routes::admin::circuits, routes::admin::outbox,
+        routes::admin::cluster, routes::admin::cluster_item,
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
     components(schemas(ErrorBody)),
@@ -96,6 +97,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/actors", get(admin::actors))
         .route("/api/v1/admin/circuits", get(admin::circuits))
         .route("/api/v1/admin/outbox", get(admin::outbox))
+        .route("/api/v1/admin/cluster", get(admin::cluster))
+        .route(
+            "/api/v1/admin/cluster/items/{itemId}",
+            get(admin::cluster_item),
+        )
         .route("/api/v1/my-page", get(my_page::get))
         .route("/health/live", get(ops::live))
         .route("/health/ready", get(ops::ready))
@@ -124,16 +130,25 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(
+            node_header(&state.node.node_id),
+            security_headers,
+        ))
         .with_state(state)
 }
 
 /// `X-Content-Type-Options: nosniff` on every answer (a browser must not guess a JSON error is
 /// HTML), and `WWW-Authenticate: Bearer` on every 401 (RFC 6750: say which scheme is wanted).
-async fn security_headers(request: axum::extract::Request, next: middleware::Next) -> Response {
+/// And `x-surge-node` on every answer: which node of a cluster answered.
+async fn security_headers(
+    axum::extract::State(node): axum::extract::State<axum::http::HeaderValue>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
     use axum::http::{HeaderValue, StatusCode, header};
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    headers.insert(NODE_HEADER, node);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -145,6 +160,16 @@ async fn security_headers(request: axum::extract::Request, next: middleware::Nex
             .or_insert(HeaderValue::from_static("Bearer"));
     }
     response
+}
+
+/// The header that names the node that answered.
+pub const NODE_HEADER: &str = "x-surge-node";
+
+/// `SURGE_NODE_ID` as a header value (an id that is not a valid header value is sent
+/// percent-free as `invalid`; configuration refuses such ids anyway).
+fn node_header(node_id: &str) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(node_id)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static("invalid"))
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

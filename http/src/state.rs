@@ -2,7 +2,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surge_actors::events::{MyPageProjection, RelayStats};
-use surge_actors::{CouponActors, OrderSagas, StockActors};
+use surge_actors::{CouponActors, OrderSagas, StockActors, StockPath};
+use surge_cluster::ClusterNode;
 use surge_persistence::Database;
 use surge_persistence::committer::{CommitStats, GroupCommitter};
 use surge_supervisors::{CircuitBreaker, CircuitRegistry};
@@ -31,6 +32,21 @@ pub struct AppState {
     pub relay: Arc<RelayStats>,
     /// The my-page read model (main database or MongoDB).
     pub my_page: MyPageProjection,
+    /// Which node this is, and its cluster (if any).
+    pub node: NodeInfo,
+}
+
+/// Which node answers, for `x-surge-node` and the admin pages.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// `SURGE_NODE_ID`.
+    pub node_id: Arc<str>,
+    /// `SURGE_SHARDS`.
+    pub shards: i64,
+    /// When this process started (RFC 3339).
+    pub started_at: Arc<str>,
+    /// The cluster this node belongs to; `None` on a single node.
+    pub cluster: Option<ClusterNode>,
 }
 
 /// The order machinery as the HTTP layer sees it.
@@ -38,8 +54,10 @@ pub struct AppState {
 pub struct OrderServices {
     /// Saga starter.
     pub sagas: OrderSagas,
-    /// Stock actors.
+    /// Stock actors of this node.
     pub stock: StockActors,
+    /// The stock path sagas use (in a cluster: routed to each item's owner).
+    pub stock_path: Arc<dyn StockPath>,
     /// The group-commit writer.
     pub committer: GroupCommitter,
     /// Its counters.

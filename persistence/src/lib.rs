@@ -5,6 +5,7 @@
 //! no vendor functions on the hot path. Each back end has its own migration folder because DDL
 //! (identity columns) is where the dialects really differ.
 
+pub mod cluster;
 pub mod committer;
 pub mod comparison;
 pub mod coupons;

@@ -21,6 +21,7 @@ use sqlx::AnyConnection;
 
 use surge_domain::{Event, EventType};
 
+use crate::cluster::{self, ShardFence};
 use crate::orders::{HoldSource, StockHold};
 use crate::outbox;
 use crate::{Database, PersistenceError, now_millis};
@@ -68,8 +69,26 @@ impl Database {
         item_id: i64,
         owner: &str,
     ) -> Result<Option<AllotmentClaim>, PersistenceError> {
+        self.claim_allotment_in_shard(item_id, owner, None).await
+    }
+
+    /// [`Self::claim_allotment`] in a cluster: only while `fence` (the item's shard lease, held
+    /// by `owner`) is current. The lease row is locked first, so a take-over of the shard
+    /// either committed before (and this claim is refused with `Err(Conflict)`) or waits and
+    /// then fences this claim's epoch with its own. `None` fence: a single node.
+    pub async fn claim_allotment_in_shard(
+        &self,
+        item_id: i64,
+        owner: &str,
+        fence: Option<&ShardFence>,
+    ) -> Result<Option<AllotmentClaim>, PersistenceError> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
+        if let Some(fence) = fence
+            && !cluster::lock_lease(&mut tx, self.backend(), fence).await?
+        {
+            return Err(PersistenceError::Conflict);
+        }
         let item: Option<(i64,)> = sqlx::query_as("SELECT price FROM items WHERE id = $1")
             .bind(item_id)
             .fetch_optional(&mut *tx)

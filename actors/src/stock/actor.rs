@@ -312,6 +312,9 @@ impl Actor for StockActor {
             }
             StockMsg::Drain(reply) => {
                 self.give_back(state).await;
+                if let Some(registry) = self.registry.get() {
+                    registry.forget(state.item_id, myself.get_id());
+                }
                 let _ = reply.send(());
                 myself.stop(Some("drained".into()));
             }

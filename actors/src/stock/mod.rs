@@ -17,7 +17,11 @@ pub mod comparison;
 pub mod path;
 pub mod registry;
 
+use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
+
+use surge_persistence::cluster::ShardFence;
 
 pub use actor::StockActor;
 pub use comparison::{BaselineStock, StockStrategy};
@@ -43,6 +47,17 @@ pub struct StockConfig {
     pub max_waiting_per_item: usize,
     /// Who owns allotments taken by this node.
     pub owner: String,
+    /// In a cluster: which items this node may serve now (its shard leases). An actor starts
+    /// only under a current lease, and its claim is conditioned on that lease in the database.
+    /// `None`: a single node serves every item.
+    pub ownership: Option<Arc<dyn ShardOwnership>>,
+}
+
+/// Which items a node of a cluster serves now (the cluster's view of its own shard leases).
+pub trait ShardOwnership: Debug + Send + Sync + 'static {
+    /// The lease under which this node serves `item_id`'s shard now, or `None` when it does
+    /// not (another node owns it, or this node's lease may have ended by its own clock).
+    fn fence_for(&self, item_id: i64) -> Option<ShardFence>;
 }
 
 impl Default for StockConfig {
@@ -53,6 +68,7 @@ impl Default for StockConfig {
             passivate_after: Duration::from_secs(60),
             max_waiting_per_item: 10_000,
             owner: "node-1".into(),
+            ownership: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ractor::ActorRef;
 use serde::Serialize;
 use surge_domain::{ItemId, Quantity};
-use surge_persistence::Database;
+use surge_persistence::{Database, PersistenceError};
 use surge_supervisors::{
     ActorFactory, ActorRegistry, RegistryError, RegistryLimits, RestartIntensity, StartError,
     WeakRegistry,
@@ -65,11 +65,22 @@ impl ActorFactory for StockFactory {
         item_id: i64,
         shared: Arc<StockShared>,
     ) -> Result<(StockActor, StockArgs), StartError> {
+        let fence = match &self.config.ownership {
+            None => None,
+            Some(ownership) => Some(ownership.fence_for(item_id).ok_or_else(|| {
+                StartError::Unavailable("this node does not own the item's shard".into())
+            })?),
+        };
         let claim = self
             .db
-            .claim_allotment(item_id, &self.config.owner)
+            .claim_allotment_in_shard(item_id, &self.config.owner, fence.as_ref())
             .await
-            .map_err(|e| StartError::Unavailable(e.to_string()))?
+            .map_err(|e| match e {
+                PersistenceError::Conflict => {
+                    StartError::Unavailable("the item's shard lease moved on".into())
+                }
+                e => StartError::Unavailable(e.to_string()),
+            })?
             .ok_or(StartError::NotFound)?;
         shared.epoch.store(claim.epoch, Ordering::Relaxed);
         shared.price.store(claim.price, Ordering::Relaxed);
@@ -242,14 +253,46 @@ impl StockActors {
 
     /// Graceful shutdown (after the sagas finished): every actor gives its allotment back.
     pub async fn drain(&self) {
-        let actors: Vec<ActorRef<StockMsg>> =
-            self.registry.actors().into_iter().map(|(_, a)| a).collect();
+        self.drain_items(|_| true).await;
+        self.registry.stop();
+    }
+
+    /// The actors of the items `which` selects give their allotments back and stop (a shard
+    /// handed over to another node); the next request for such an item starts a new actor,
+    /// if this node may still serve it.
+    pub async fn drain_items(&self, which: impl Fn(i64) -> bool) {
+        let actors: Vec<ActorRef<StockMsg>> = self
+            .registry
+            .actors()
+            .into_iter()
+            .filter(|(item, _)| which(*item))
+            .map(|(_, a)| a)
+            .collect();
         for actor in actors {
             let _ = actor
                 .call(StockMsg::Drain, Some(Duration::from_secs(10)))
                 .await;
         }
-        self.registry.stop();
+    }
+
+    /// The actors of the items `which` selects stop at once without writing (a shard lease
+    /// this node could not renew: the next owner reclaims their allotments, and fences
+    /// whatever they would still write).
+    pub fn abandon_items(&self, which: impl Fn(i64) -> bool) {
+        for (item, actor) in self.registry.actors() {
+            if which(item) {
+                let epoch = self
+                    .registry
+                    .shared_of(item)
+                    .map_or(0, |s| s.epoch.load(Ordering::Relaxed));
+                let _ = actor.cast(StockMsg::Lost { epoch });
+            }
+        }
+    }
+
+    /// Whether an actor of this item runs on this node now.
+    pub fn is_live(&self, item_id: i64) -> bool {
+        self.registry.live_actor(item_id).is_some()
     }
 }
 

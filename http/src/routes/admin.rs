@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use crate::error::ErrorBody;
-use crate::extract::Admin;
+use crate::extract::{Admin, ApiPath};
 use crate::state::AppState;
 
 /// Every live actor: stock actors (with allotment, holds, last check-out and sold-out state),
@@ -25,6 +25,7 @@ pub async fn actors(State(state): State<AppState>, Admin(_): Admin) -> Json<Valu
     actors.extend(sagas.into_iter().map(|v| json!(v)));
     actors.extend(state.coupons.views().into_iter().map(|v| json!(v)));
     Json(json!({
+        "node": &*state.node.node_id,
         "actors": actors,
         "writer": {
             "kind": "group-committer",
@@ -52,4 +53,50 @@ pub async fn circuits(State(state): State<AppState>, Admin(_): Admin) -> Json<Va
               (status = 403, body = ErrorBody)))]
 pub async fn outbox(State(state): State<AppState>, Admin(_): Admin) -> Json<Value> {
     Json(json!(state.relay.snapshot()))
+}
+
+/// The cluster as this node sees it: members and their states, every shard's owner, epoch
+/// and lease, and this node's forwarding counters. A single node shows itself owning every
+/// shard.
+#[utoipa::path(get, path = "/api/v1/admin/cluster", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, description = "{node, shardCount, members: [...], shards: [...]}"),
+              (status = 403, body = ErrorBody)))]
+pub async fn cluster(State(state): State<AppState>, Admin(_): Admin) -> Json<Value> {
+    if let Some(cluster) = &state.node.cluster {
+        return Json(cluster.admin());
+    }
+    let node = &*state.node.node_id;
+    let shards: Vec<Value> = (0..state.node.shards)
+        .map(|shard| json!({"shard": shard, "owner": node, "epoch": 0, "leaseUntil": null}))
+        .collect();
+    Json(json!({
+        "node": {"nodeId": node, "clusterAddr": null, "startedAt": &*state.node.started_at},
+        "shardCount": state.node.shards,
+        "members": [{
+            "nodeId": node,
+            "clusterAddr": null,
+            "state": "UP",
+            "lastHeartbeatAt": surge_domain::time_fmt::rfc3339(surge_persistence::now_millis()),
+            "shardsOwned": state.node.shards,
+        }],
+        "shards": shards,
+    }))
+}
+
+/// Which node serializes an item's stock now: its shard, the owner and the lease epoch.
+#[utoipa::path(get, path = "/api/v1/admin/cluster/items/{itemId}", tag = "admin",
+    security(("bearer" = [])),
+    params(("itemId" = i64, Path, description = "Item id")),
+    responses((status = 200, description = "{itemId, shard, owner, epoch}"),
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn cluster_item(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    ApiPath(item_id): ApiPath<i64>,
+) -> Json<Value> {
+    if let Some(cluster) = &state.node.cluster {
+        return Json(cluster.view().admin_item(item_id));
+    }
+    let shard = surge_persistence::cluster::shard_of(item_id, state.node.shards);
+    Json(json!({"itemId": item_id, "shard": shard, "owner": &*state.node.node_id, "epoch": 0}))
 }

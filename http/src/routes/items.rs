@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
-use surge_actors::StockPath;
 use surge_domain::{
     ItemId, ItemName, Money, PageLimit, RestockQuantity, StockLevel, ValidationError,
 };
@@ -250,7 +249,7 @@ pub async fn restock(
             other => other.into(),
         })?;
     // Units came back: an actor that knew the item sold out looks again.
-    state.orders.stock.replenished(id);
+    state.orders.stock_path.replenished(id);
     Ok(Json(item.into()))
 }
 
