@@ -278,7 +278,13 @@ impl ClusterView {
                     .map_or((None, None), |(o, e)| (Some(o), Some(e)))
             }
         };
-        serde_json::json!({"itemId": item_id, "shard": shard, "owner": owner, "epoch": epoch})
+        serde_json::json!({
+            "itemId": item_id,
+            "shard": shard,
+            "owner": owner,
+            "epoch": epoch,
+            "servedHere": self.serves(shard).is_some(),
+        })
     }
 }
 

@@ -98,5 +98,11 @@ pub async fn cluster_item(
         return Json(cluster.view().admin_item(item_id));
     }
     let shard = surge_persistence::cluster::shard_of(item_id, state.node.shards);
-    Json(json!({"itemId": item_id, "shard": shard, "owner": &*state.node.node_id, "epoch": 0}))
+    Json(json!({
+        "itemId": item_id,
+        "shard": shard,
+        "owner": &*state.node.node_id,
+        "epoch": 0,
+        "servedHere": true,
+    }))
 }
