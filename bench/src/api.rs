@@ -20,11 +20,13 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Page size for list reads (the contract's maximum).
 const PAGE_LIMIT: u32 = 100;
 
-/// A client for one node.
+/// A client for one node, or for several nodes of a cluster in turn.
 #[derive(Debug, Clone)]
 pub struct Api {
     client: reqwest::Client,
-    base: String,
+    /// Every node's base URL; requests go to them in turn (every node serves the whole API).
+    bases: std::sync::Arc<[String]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A body-and-status answer.
@@ -50,7 +52,8 @@ pub enum SignUp {
 }
 
 impl Api {
-    /// A client for the node at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client for the node at `base` (e.g. `http://127.0.0.1:8080`), or for the nodes of a
+    /// comma-separated list, taken in turn.
     pub fn new(base: &str) -> Result<Self, BenchError> {
         // The load tool must not be the bottleneck: no proxy lookup, HTTP/1 only (what the node
         // speaks), and idle connections kept for the next request.
@@ -65,19 +68,31 @@ impl Api {
                 what: "building the HTTP client".into(),
                 source,
             })?;
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(BenchError::Usage("--url names no node".into()));
+        }
         Ok(Self {
             client,
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases.into(),
+            next: std::sync::Arc::default(),
         })
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// The nodes, comma-separated, as given.
+    pub fn base(&self) -> String {
+        self.bases.join(",")
     }
 
-    /// A request to `path` (which starts with `/`).
+    /// A request to `path` (which starts with `/`), on the next node in turn.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client.request(method, format!("{}{path}", self.base))
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+        self.client
+            .request(method, format!("{}{path}", self.bases[i]))
     }
 
     /// Sends a measured request and reads the whole answer. Never fails: a transport error is

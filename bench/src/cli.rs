@@ -179,7 +179,8 @@ pub struct BenchOptions {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// The node to drive, e.g. http://127.0.0.1:8080 (default: a node of its own).
+    /// The node to drive, e.g. http://127.0.0.1:8080, or the nodes of a cluster,
+    /// comma-separated, taken in turn (default: a node of its own).
     #[arg(long)]
     pub url: Option<String>,
 

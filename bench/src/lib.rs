@@ -265,7 +265,7 @@ pub async fn run_scenario(
     checking.finish_and_clear();
     Ok(Report::new(
         scenario.name(),
-        api.base(),
+        &api.base(),
         size.seed,
         pacing,
         &measurement,

@@ -3,7 +3,7 @@
 //! Operations to one destination go through that destination's queue; a sender task takes
 //! everything queued as one batch (one HTTP request on a pooled keep-alive connection), with
 //! at most [`BATCHES_IN_FLIGHT`] batches on the wire per peer, so batches grow exactly when the
-//! peer is busy. Each peer has its own circuit breaker (`peer:<node id>` in
+//! peer is busy. Each peer has its own circuit breaker (`peer:<node id>@<addr>` in
 //! `/admin/circuits`): a dead peer costs microseconds per operation, not a timeout each.
 
 use std::collections::{HashMap, HashSet};
@@ -62,15 +62,17 @@ pub struct Peers {
     stats: Arc<PeerStats>,
 }
 
-/// A breaker's name for a peer. Breaker names are `&'static str`; each node id is leaked
-/// once (a cluster has a handful of node ids), never once per call.
-fn breaker_name(node_id: &str) -> &'static str {
+/// A breaker's name for a peer at an address (`peer:<node>@<addr>`): a node that comes back
+/// at a new address starts with a closed breaker, while one that keeps its address (compose)
+/// keeps its history. Breaker names are `&'static str`; each name is leaked once (a cluster
+/// has a handful of nodes and addresses), never once per call.
+fn breaker_name(node_id: &str, addr: &str) -> &'static str {
     static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
     let mut names = NAMES
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let name = format!("peer:{node_id}");
+    let name = format!("peer:{node_id}@{addr}");
     if let Some(known) = names.get(name.as_str()) {
         return known;
     }
@@ -133,7 +135,7 @@ impl Peers {
         let (tx, rx) = mpsc::channel(MAX_QUEUED_PER_PEER);
         let breaker = self
             .circuits
-            .get_or_create(breaker_name(node_id), CircuitConfig::default());
+            .get_or_create(breaker_name(node_id, addr), CircuitConfig::default());
         tokio::spawn(
             PeerSender {
                 http: self.http.clone(),
@@ -264,11 +266,16 @@ enum Failure {
 }
 
 impl Failure {
-    /// Whether the peer may have run the batch (so holds in it may exist).
+    /// Whether the batch's holds must count as undetermined: only when the peer may still be
+    /// working on them (no answer in time). A connection that was refused, reset or closed
+    /// (a peer that stopped, or a pooled connection it closed on its way out) is retried as
+    /// "unavailable": if a hold did land on the peer after all, its units stay in the owner's
+    /// allotment row, unsold, until the owner gives the allotment back (drain, passivation or
+    /// a take-over): an undersell for a while, never an oversell.
     fn may_have_reached(&self) -> bool {
         match self {
-            Self::Http(e) => !e.is_connect(),
-            Self::Status(status) => *status == 0 || *status >= 500,
+            Self::Http(e) => e.is_timeout(),
+            Self::Status(status) => *status == 0,
         }
     }
 }

@@ -93,11 +93,16 @@ impl ClusterEnv {
 
     /// Starts node `id` with extra or replaced settings.
     pub fn start_with(&self, id: &str, extra: &[(&str, String)]) -> Node {
+        self.start_in(None, id, extra)
+    }
+
+    /// Starts node `id` inside the network namespace `netns` (when given).
+    pub fn start_in(&self, netns: Option<&str>, id: &str, extra: &[(&str, String)]) -> Node {
         let mut settings: HashMap<String, String> = self.settings(id).into_iter().collect();
         for (k, v) in extra {
             settings.insert((*k).to_owned(), v.clone());
         }
-        Node::spawn(id, &settings)
+        Node::spawn(id, &settings, netns)
     }
 
     /// Runs the node to its exit (a node that must refuse to start); returns its exit code
@@ -107,7 +112,7 @@ impl ClusterEnv {
         for (k, v) in extra {
             settings.insert((*k).to_owned(), v.clone());
         }
-        let output = command(&settings)
+        let output = command(&settings, None)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .output()
@@ -124,8 +129,16 @@ impl ClusterEnv {
     }
 }
 
-fn command(settings: &HashMap<String, String>) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_surge"));
+fn command(settings: &HashMap<String, String>, netns: Option<&str>) -> Command {
+    let mut command = match netns {
+        None => Command::new(env!("CARGO_BIN_EXE_surge")),
+        Some(ns) => {
+            // `ip netns exec` enters the namespace and execs the node (same pid).
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_surge")]);
+            c
+        }
+    };
     command.env_clear();
     command
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -150,8 +163,8 @@ pub struct Node {
 
 impl Node {
     #[allow(clippy::zombie_processes)]
-    fn spawn(id: &str, settings: &HashMap<String, String>) -> Self {
-        let mut child = command(settings)
+    fn spawn(id: &str, settings: &HashMap<String, String>, netns: Option<&str>) -> Self {
+        let mut child = command(settings, netns)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod partition;
 #[path = "../support/tcp_cut.rs"]
 mod tcp_cut;
 
@@ -490,7 +491,9 @@ async fn a_rolling_restart_under_load_fails_no_request_that_is_retried_once_else
                 let targets = bases.lock().unwrap().clone();
                 let first = &targets[n % targets.len()];
                 let second = &targets[(n + 1) % targets.len()];
-                let mut outcome = api.order(first, &token, item, 1).await;
+                let started = Instant::now();
+                let first_outcome = api.order(first, &token, item, 1).await;
+                let mut outcome = first_outcome.clone();
                 if !matches!(outcome, Some((201, _))) {
                     // A client of a shop retries once, on another node.
                     outcome = api.order(second, &token, item, 1).await;
@@ -499,7 +502,10 @@ async fn a_rolling_restart_under_load_fails_no_request_that_is_retried_once_else
                     Some((201, _)) => {
                         done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
-                    other => failures.lock().unwrap().push(format!("{other:?}")),
+                    other => failures.lock().unwrap().push(format!(
+                        "{first}: {first_outcome:?}, then {second}: {other:?} after {} ms",
+                        started.elapsed().as_millis()
+                    )),
                 }
             }
         }));

@@ -14,7 +14,12 @@ pub struct TcpCut {
 impl TcpCut {
     /// Starts forwarding a fresh local port to `target` (`host:port`).
     pub async fn start(target: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0", target).await
+    }
+
+    /// Starts forwarding `bind` (e.g. an address of a veth link, port 0) to `target`.
+    pub async fn start_on(bind: &str, target: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let mut cut = Self {
             addr,
