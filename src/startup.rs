@@ -161,9 +161,6 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
-        let cluster = joined
-            .map(|j| ClusterNode::start(db.clone(), j, stock.clone(), circuits.clone()))
-            .transpose()?;
         let baseline_redis = match (&config.redis, config.stock_strategy) {
             (Some(settings), StockStrategy::RedisDecr) => Some(
                 RedisStock::connect(
@@ -228,6 +225,17 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Actors(e.to_string()))?;
+        let cluster = joined
+            .map(|j| {
+                ClusterNode::start(
+                    db.clone(),
+                    j,
+                    stock.clone(),
+                    coupons.clone(),
+                    circuits.clone(),
+                )
+            })
+            .transpose()?;
         let stock_path: Arc<dyn StockPath> = match (baseline, &cluster) {
             (Some(baseline), _) => Arc::new(baseline),
             (None, Some(cluster)) => Arc::new(cluster.routed()),

@@ -8,11 +8,13 @@
 //!   actors, authenticated by the cluster secret;
 //! - [`peers`]: [`Peers`], the batching client of the other nodes' listeners, a breaker each;
 //! - [`routed`]: [`RoutedStock`], the stock path of a cluster node: local actors for owned
-//!   items, the owner's for the rest.
+//!   items, the owner's for the rest;
+//! - [`coupons`]: [`RoutedCoupons`], coupon issues and waiting rooms on each coupon's owner.
 //!
 //! Everything cross-node goes through the database (leases, fencing, reservations) or the
 //! internal listener; there is no gossip. See `docs/ARCHITECTURE.md`.
 
+pub mod coupons;
 pub mod lease;
 pub mod peers;
 pub mod routed;
@@ -25,13 +27,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use surge_actors::StockActors;
+use surge_actors::{CouponActors, StockActors};
 use surge_persistence::Database;
 use surge_persistence::cluster::JoinError;
 use surge_supervisors::CircuitRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use coupons::RoutedCoupons;
 pub use lease::{Identity, ShardLease};
 pub use peers::Peers;
 pub use routed::RoutedStock;
@@ -152,6 +155,8 @@ pub struct ClusterNode {
     view: ClusterView,
     lease: ShardLease,
     routed: RoutedStock,
+    coupons: RoutedCoupons,
+    local_coupons: CouponActors,
     peers: Peers,
     rpc_stats: Arc<RpcStats>,
     listener: Arc<std::sync::Mutex<Option<TcpListener>>>,
@@ -165,6 +170,7 @@ impl ClusterNode {
         db: Database,
         joined: Joined,
         stock: StockActors,
+        coupons: CouponActors,
         circuits: CircuitRegistry,
     ) -> Result<Self, ClusterError> {
         let peers = Peers::new(joined.secret.clone(), circuits).map_err(ClusterError::Client)?;
@@ -174,11 +180,20 @@ impl ClusterNode {
             peers.clone(),
             db.clone(),
         );
+        let routed_coupons = RoutedCoupons::new(
+            coupons.clone(),
+            routed::OwnerRoute {
+                view: joined.view.clone(),
+                peers: peers.clone(),
+            },
+        );
         let lease = ShardLease::new(db, joined.view.clone(), stock.clone(), joined.identity);
         Ok(Self {
             view: joined.view,
             lease,
             routed,
+            coupons: routed_coupons,
+            local_coupons: coupons,
             peers,
             rpc_stats: Arc::default(),
             listener: Arc::new(std::sync::Mutex::new(Some(joined.listener))),
@@ -190,6 +205,11 @@ impl ClusterNode {
     /// The stock path for sagas.
     pub fn routed(&self) -> RoutedStock {
         self.routed.clone()
+    }
+
+    /// Coupon issues and standings, answered on each coupon's owner.
+    pub fn coupons(&self) -> &RoutedCoupons {
+        &self.coupons
     }
 
     /// This node's view.
@@ -225,6 +245,7 @@ impl ClusterNode {
             let router = rpc::router(
                 self.view.clone(),
                 self.stock.clone(),
+                self.local_coupons.clone(),
                 &self.secret,
                 self.rpc_stats.clone(),
             );
@@ -258,6 +279,7 @@ impl ClusterNode {
             "batchesFailed": peers.batches_failed.load(Ordering::Relaxed),
             "batchesServed": self.rpc_stats.batches_served.load(Ordering::Relaxed),
             "holdsServedForPeers": self.rpc_stats.holds_served.load(Ordering::Relaxed),
+            "couponOpsServedForPeers": self.rpc_stats.coupon_ops_served.load(Ordering::Relaxed),
             "notOwnerAnswers": self.rpc_stats.not_owner.load(Ordering::Relaxed),
             "refusedUnauthenticated": self.rpc_stats.refused_unauthenticated.load(Ordering::Relaxed),
         });

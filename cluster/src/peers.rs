@@ -16,7 +16,7 @@ use surge_supervisors::{CallError, CircuitBreaker, CircuitConfig, CircuitRegistr
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::rpc::{
-    Answers, Batch, MAX_OPS_PER_BATCH, OpAnswer, Refusal, SECRET_HEADER, STOCK_ROUTE, StockOp,
+    Answers, Batch, MAX_OPS_PER_BATCH, OpAnswer, Refusal, SECRET_HEADER, SHARD_OPS_ROUTE, ShardOp,
 };
 
 /// Batches on the wire at once per peer. More lets a slow hold not delay the next batch;
@@ -27,6 +27,9 @@ pub const BATCHES_IN_FLIGHT: usize = 4;
 pub const MAX_QUEUED_PER_PEER: usize = 8_192;
 /// Added to a batch's longest hold wait for its HTTP deadline.
 const TRANSPORT_SLACK: Duration = Duration::from_millis(500);
+/// Longest a coupon's actor on its owner takes to answer an issue (the actor's own answer
+/// deadline is 5 s by default).
+const COUPON_OP_WAIT: Duration = Duration::from_secs(6);
 /// Deadline of a batch without holds.
 const PLAIN_BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -36,7 +39,7 @@ type PeerKey = (String, String);
 /// One queued operation and where its answer goes.
 #[derive(Debug)]
 struct Pending {
-    op: StockOp,
+    op: ShardOp,
     reply: oneshot::Sender<OpAnswer>,
 }
 
@@ -107,7 +110,7 @@ impl Peers {
     }
 
     /// Sends `op` to `node_id` at `addr` and waits for its answer.
-    pub async fn send(&self, node_id: &str, addr: &str, op: StockOp) -> OpAnswer {
+    pub async fn send(&self, node_id: &str, addr: &str, op: ShardOp) -> OpAnswer {
         let (reply, answer) = oneshot::channel();
         let queue = self.queue(node_id, addr);
         if queue.try_send(Pending { op, reply }).is_err() {
@@ -121,7 +124,7 @@ impl Peers {
     }
 
     /// Sends `op` without waiting for its answer (releases, notices).
-    pub fn tell(&self, node_id: &str, addr: &str, op: StockOp) {
+    pub fn tell(&self, node_id: &str, addr: &str, op: ShardOp) {
         let (reply, _) = oneshot::channel();
         let _ = self.queue(node_id, addr).try_send(Pending { op, reply });
     }
@@ -139,7 +142,7 @@ impl Peers {
         tokio::spawn(
             PeerSender {
                 http: self.http.clone(),
-                url: format!("http://{addr}{STOCK_ROUTE}"),
+                url: format!("http://{addr}{SHARD_OPS_ROUTE}"),
                 secret: self.secret.clone(),
                 breaker,
                 stats: self.stats.clone(),
@@ -188,15 +191,16 @@ impl PeerSender {
     }
 
     async fn send(&self, batch: Vec<Pending>) {
-        let ops: Vec<StockOp> = batch.iter().map(|p| p.op).collect();
-        let longest_hold = ops
+        let ops: Vec<ShardOp> = batch.iter().map(|p| p.op.clone()).collect();
+        let longest_wait = ops
             .iter()
             .filter_map(|op| match op {
-                StockOp::Hold { within_ms, .. } => Some(Duration::from_millis(*within_ms)),
+                ShardOp::Hold { within_ms, .. } => Some(Duration::from_millis(*within_ms)),
+                ShardOp::IssueCoupon { .. } | ShardOp::CouponStatus { .. } => Some(COUPON_OP_WAIT),
                 _ => None,
             })
             .max();
-        let timeout = longest_hold.map_or(PLAIN_BATCH_TIMEOUT, |w| w + TRANSPORT_SLACK);
+        let timeout = longest_wait.map_or(PLAIN_BATCH_TIMEOUT, |w| w + TRANSPORT_SLACK);
         self.stats
             .ops_sent
             .fetch_add(ops.len() as u64, Ordering::Relaxed);
@@ -240,9 +244,11 @@ impl PeerSender {
                 };
                 for pending in batch {
                     let refusal = match pending.op {
-                        StockOp::Hold { .. } if reached => Refusal::Undetermined {
-                            message: format!("the owner did not answer: {e}"),
-                        },
+                        ShardOp::Hold { .. } | ShardOp::IssueCoupon { .. } if reached => {
+                            Refusal::Undetermined {
+                                message: format!("the owner did not answer: {e}"),
+                            }
+                        }
                         _ => Refusal::Unavailable {
                             message: format!("the owner could not be reached: {e}"),
                         },

@@ -16,7 +16,7 @@ use surge_persistence::orders::HoldSource;
 use tokio::time::Instant;
 
 use crate::peers::Peers;
-use crate::rpc::{OpAnswer, Refusal, StockOp};
+use crate::rpc::{OpAnswer, Refusal, ShardOp};
 use crate::view::ClusterView;
 
 /// How long a remote "out of stock" lets this node refuse the item from memory. The owner
@@ -25,12 +25,91 @@ pub const REMOTE_SOLD_OUT_FOR: Duration = Duration::from_millis(250);
 /// Pause before asking again when no node holds the item's shard yet (a failover).
 const NO_OWNER_PAUSE: Duration = Duration::from_millis(50);
 
+/// Where an operation for a shard went.
+#[derive(Debug)]
+pub(crate) enum Routed {
+    /// This node serves the shard now: use the local actor.
+    Local,
+    /// The owner's answer.
+    Answer(OpAnswer),
+    /// No node could be asked before the deadline.
+    NoOwner,
+}
+
+/// Finds the owner of an id's shard and asks it, following "not owner" answers.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnerRoute {
+    pub(crate) view: ClusterView,
+    pub(crate) peers: Peers,
+}
+
+impl OwnerRoute {
+    /// Whether this node serves `id`'s shard now.
+    pub(crate) fn serves(&self, id: i64) -> bool {
+        self.view.serves(self.view.shard_of(id)).is_some()
+    }
+
+    /// The owner to send `id`'s operations to: `hint` (a "not owner" answer named it) or the
+    /// owner last seen. `None` while nobody holds the shard, or only this node's lapsed lease
+    /// names it.
+    fn target(&self, id: i64, hint: Option<String>) -> Option<(String, String)> {
+        if let Some(node) = hint
+            && node != self.view.node_id()
+            && let Some(addr) = self.view.addr_of(&node)
+        {
+            return Some((node, addr));
+        }
+        self.view
+            .owner_of(self.view.shard_of(id))
+            .filter(|(node, _)| node != self.view.node_id())
+    }
+
+    /// Tells the owner without waiting (releases, notices); dropped when no owner is known.
+    pub(crate) fn tell(&self, id: i64, op: ShardOp) {
+        if let Some((node, addr)) = self.target(id, None) {
+            self.peers.tell(&node, &addr, op);
+        }
+    }
+
+    /// Sends the operation `op(time left)` to the owner of `id`'s shard, following "not
+    /// owner" answers and waiting out a shard with no owner (a failover), until `deadline`.
+    pub(crate) async fn ask(
+        &self,
+        id: i64,
+        deadline: Instant,
+        op: impl Fn(Duration) -> ShardOp,
+    ) -> Routed {
+        let mut hint: Option<String> = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Routed::NoOwner;
+            }
+            if self.serves(id) {
+                return Routed::Local;
+            }
+            let Some((node, addr)) = self.target(id, hint.take()) else {
+                tokio::time::sleep(NO_OWNER_PAUSE.min(left)).await;
+                continue;
+            };
+            match self.peers.send(&node, &addr, op(left)).await {
+                OpAnswer::Refused(Refusal::NotOwner { owner }) => {
+                    if owner.is_none() {
+                        tokio::time::sleep(NO_OWNER_PAUSE.min(left)).await;
+                    }
+                    hint = owner;
+                }
+                answer => return Routed::Answer(answer),
+            }
+        }
+    }
+}
+
 /// Stock operations routed to each item's owner.
 #[derive(Debug, Clone)]
 pub struct RoutedStock {
     local: StockActors,
-    view: ClusterView,
-    peers: Peers,
+    route: OwnerRoute,
     db: Database,
     /// Unit prices of items owned elsewhere. Prices never change once an item exists
     /// (there is no price update), so a price read once is good for the node's life.
@@ -44,8 +123,7 @@ impl RoutedStock {
     pub fn new(local: StockActors, view: ClusterView, peers: Peers, db: Database) -> Self {
         Self {
             local,
-            view,
-            peers,
+            route: OwnerRoute { view, peers },
             db,
             prices: Arc::default(),
             sold_out: Arc::default(),
@@ -53,28 +131,7 @@ impl RoutedStock {
     }
 
     fn serves(&self, item: i64) -> bool {
-        self.view.serves(self.view.shard_of(item)).is_some()
-    }
-
-    /// The owner to send `item`'s operations to: `hint` (a "not owner" answer named it) or
-    /// the owner last seen. `None` while nobody holds the shard, or only this node's lapsed
-    /// lease names it.
-    fn target(&self, item: i64, hint: Option<String>) -> Option<(String, String)> {
-        if let Some(node) = hint
-            && node != self.view.node_id()
-            && let Some(addr) = self.view.addr_of(&node)
-        {
-            return Some((node, addr));
-        }
-        self.view
-            .owner_of(self.view.shard_of(item))
-            .filter(|(node, _)| node != self.view.node_id())
-    }
-
-    fn tell_owner(&self, item: i64, op: StockOp) {
-        if let Some((node, addr)) = self.target(item, None) {
-            self.peers.tell(&node, &addr, op);
-        }
+        self.route.serves(item)
     }
 
     async fn price(&self, item: ItemId) -> Result<Option<i64>, ReserveError> {
@@ -111,64 +168,60 @@ impl RoutedStock {
         within: Duration,
     ) -> Result<Hold, ReserveError> {
         let deadline = Instant::now() + within;
-        let mut hint: Option<String> = None;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ReserveError::Unavailable(
-                    "no node could serve the item in time; retry".into(),
-                ));
-            }
-            if self.serves(item.get()) {
-                let result = self.local.hold(item, order_id, quantity, left).await;
-                // Lost the shard while asking: the new owner decides.
-                if matches!(result, Err(ReserveError::Unavailable(_))) && !self.serves(item.get()) {
-                    continue;
-                }
-                return result;
-            }
-            let Some((node, addr)) = self.target(item.get(), hint.take()) else {
-                tokio::time::sleep(NO_OWNER_PAUSE.min(left)).await;
-                continue;
-            };
-            let op = StockOp::Hold {
-                item: item.get(),
-                quantity: quantity.get(),
-                within_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
-            };
-            match self.peers.send(&node, &addr, op).await {
-                OpAnswer::Held { epoch } => {
-                    return Ok(Hold {
-                        item,
-                        quantity,
-                        source: HoldSource::Allotment { epoch },
-                    });
-                }
-                OpAnswer::Refused(Refusal::NotOwner { owner }) => {
-                    if owner.is_none() {
-                        tokio::time::sleep(NO_OWNER_PAUSE.min(left)).await;
+            let routed = self
+                .route
+                .ask(item.get(), deadline, |left| ShardOp::Hold {
+                    item: item.get(),
+                    quantity: quantity.get(),
+                    within_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                })
+                .await;
+            let answer = match routed {
+                Routed::Local => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let result = self.local.hold(item, order_id, quantity, left).await;
+                    // Lost the shard while asking: the new owner decides.
+                    if matches!(result, Err(ReserveError::Unavailable(_)))
+                        && !self.serves(item.get())
+                        && Instant::now() < deadline
+                    {
+                        continue;
                     }
-                    hint = owner;
+                    return result;
                 }
+                Routed::NoOwner => {
+                    return Err(ReserveError::Unavailable(
+                        "no node could serve the item in time; retry".into(),
+                    ));
+                }
+                Routed::Answer(answer) => answer,
+            };
+            return match answer {
+                OpAnswer::Held { epoch } => Ok(Hold {
+                    item,
+                    quantity,
+                    source: HoldSource::Allotment { epoch },
+                }),
                 OpAnswer::Refused(Refusal::OutOfStock) => {
                     self.sold_out
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(item.get(), Instant::now() + REMOTE_SOLD_OUT_FOR);
-                    return Err(ReserveError::OutOfStock);
+                    Err(ReserveError::OutOfStock)
                 }
-                OpAnswer::Refused(Refusal::ItemNotFound) => return Err(ReserveError::ItemNotFound),
-                OpAnswer::Refused(Refusal::Overloaded) => return Err(ReserveError::Overloaded),
-                OpAnswer::Refused(Refusal::Unavailable { message }) => {
-                    return Err(ReserveError::Unavailable(message));
-                }
+                OpAnswer::Refused(Refusal::ItemNotFound) => Err(ReserveError::ItemNotFound),
+                OpAnswer::Refused(Refusal::Overloaded) => Err(ReserveError::Overloaded),
                 OpAnswer::Refused(Refusal::Undetermined { message }) => {
-                    return Err(ReserveError::Undetermined(message));
+                    Err(ReserveError::Undetermined(message))
                 }
-                OpAnswer::Done => {
-                    return Err(ReserveError::Unavailable("a malformed answer".into()));
+                OpAnswer::Refused(Refusal::Unavailable { message }) => {
+                    Err(ReserveError::Unavailable(message))
                 }
-            }
+                other => Err(ReserveError::Unavailable(format!(
+                    "a malformed answer: {other:?}"
+                ))),
+            };
         }
     }
 }
@@ -193,9 +246,9 @@ impl StockPath for RoutedStock {
             return self.local.release(order_id, hold);
         }
         if let HoldSource::Allotment { epoch } = hold.source {
-            self.tell_owner(
+            self.route.tell(
                 hold.item.get(),
-                StockOp::Release {
+                ShardOp::Release {
                     item: hold.item.get(),
                     quantity: hold.quantity.get(),
                     epoch,
@@ -209,9 +262,9 @@ impl StockPath for RoutedStock {
         if self.serves(hold.item.get()) {
             self.local.lost(hold);
         } else if let HoldSource::Allotment { epoch } = hold.source {
-            self.tell_owner(
+            self.route.tell(
                 hold.item.get(),
-                StockOp::Lost {
+                ShardOp::Lost {
                     item: hold.item.get(),
                     epoch,
                 },
@@ -242,7 +295,8 @@ impl StockPath for RoutedStock {
         if self.serves(item.get()) {
             self.local.replenished(item);
         } else {
-            self.tell_owner(item.get(), StockOp::Replenished { item: item.get() });
+            self.route
+                .tell(item.get(), ShardOp::Replenished { item: item.get() });
         }
     }
 }

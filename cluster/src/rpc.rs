@@ -1,7 +1,8 @@
-//! The internal listener (`SURGE_CLUSTER_ADDR`): stock operations forwarded by peers to this
-//! node's actors, in batches, authenticated by `SURGE_CLUSTER_SECRET`.
+//! The internal listener (`SURGE_CLUSTER_ADDR`): operations forwarded by peers to the actors
+//! of the shards this node owns (stock holds and releases, coupon issues and waiting-room
+//! standings), in batches, authenticated by `SURGE_CLUSTER_SECRET`.
 //!
-//! One route, `POST /internal/v1/stock`, takes `{"ops": [...]}` and answers one result per
+//! One route, `POST /internal/v1/shard-ops`, takes `{"ops": [...]}` and answers one result per
 //! operation, in order. An operation for a shard this node does not serve is answered
 //! [`Refusal::NotOwner`] with the owner it knows, and the caller retries there.
 
@@ -19,7 +20,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use surge_actors::stock::path::Hold;
-use surge_actors::{ReserveError, StockActors, StockPath};
+use surge_actors::{
+    CouponActors, CouponError, IssueOutcome, QueueStatus, ReserveError, StockActors, StockPath,
+};
 use surge_domain::{ItemId, Quantity};
 use surge_persistence::orders::HoldSource;
 
@@ -27,8 +30,8 @@ use crate::view::ClusterView;
 
 /// The header that carries the cluster secret.
 pub const SECRET_HEADER: &str = "x-surge-cluster-secret";
-/// The route of forwarded stock operations.
-pub const STOCK_ROUTE: &str = "/internal/v1/stock";
+/// The route of forwarded operations.
+pub const SHARD_OPS_ROUTE: &str = "/internal/v1/shard-ops";
 /// Most operations in one batch (a sender splits larger runs).
 pub const MAX_OPS_PER_BATCH: usize = 512;
 /// Longest wait a forwarded hold may ask for.
@@ -36,10 +39,10 @@ const MAX_HOLD_WAIT: Duration = Duration::from_secs(10);
 /// Largest batch body accepted.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-/// A stock operation sent to the item's owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// An operation sent to the owner of an item's (or a coupon's) shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
-pub enum StockOp {
+pub enum ShardOp {
     /// Hold units in the owner's actor, waiting at most `within_ms`.
     #[serde(rename_all = "camelCase")]
     Hold {
@@ -71,16 +74,33 @@ pub enum StockOp {
         /// Item.
         item: i64,
     },
+    /// Issue a coupon to a member (or queue the member in the coupon's waiting room).
+    IssueCoupon {
+        /// Coupon.
+        coupon: i64,
+        /// Member.
+        user: i64,
+        /// The request's Idempotency-Key.
+        key: Option<String>,
+    },
+    /// A member's standing in a coupon's waiting room.
+    CouponStatus {
+        /// Coupon.
+        coupon: i64,
+        /// Member.
+        user: i64,
+    },
 }
 
-impl StockOp {
-    /// The item the operation is about.
-    pub fn item(&self) -> i64 {
+impl ShardOp {
+    /// The id whose shard decides the owner (an item's or a coupon's).
+    pub fn sharded_id(&self) -> i64 {
         match *self {
             Self::Hold { item, .. }
             | Self::Release { item, .. }
             | Self::Lost { item, .. }
             | Self::Replenished { item } => item,
+            Self::IssueCoupon { coupon, .. } | Self::CouponStatus { coupon, .. } => coupon,
         }
     }
 }
@@ -135,6 +155,16 @@ pub enum OpAnswer {
     },
     /// Done (release, lost, replenished).
     Done,
+    /// A coupon issue's answer from the coupon's actor on its owner.
+    CouponIssue {
+        /// What the actor answered.
+        outcome: Result<IssueOutcome, CouponError>,
+    },
+    /// A member's standing in the coupon's waiting room on its owner.
+    CouponQueue {
+        /// What the actor answered.
+        status: Result<QueueStatus, CouponError>,
+    },
     /// Refused.
     Refused(Refusal),
 }
@@ -143,7 +173,7 @@ pub enum OpAnswer {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Batch {
     /// Operations, answered in this order.
-    pub ops: Vec<StockOp>,
+    pub ops: Vec<ShardOp>,
 }
 
 /// Answers on the wire.
@@ -160,6 +190,8 @@ pub struct RpcStats {
     pub batches_served: AtomicU64,
     /// Holds this node's actors gave to peers' orders.
     pub holds_served: AtomicU64,
+    /// Coupon issues and standings this node's coupon actors answered for peers.
+    pub coupon_ops_served: AtomicU64,
     /// Operations answered "not owner".
     pub not_owner: AtomicU64,
     /// Requests refused for a missing or wrong secret.
@@ -170,6 +202,7 @@ pub struct RpcStats {
 struct Internal {
     view: ClusterView,
     stock: StockActors,
+    coupons: CouponActors,
     secret_digest: Arc<[u8; 32]>,
     stats: Arc<RpcStats>,
 }
@@ -182,17 +215,19 @@ fn digest(secret: &[u8]) -> [u8; 32] {
 pub fn router(
     view: ClusterView,
     stock: StockActors,
+    coupons: CouponActors,
     secret: &SecretString,
     stats: Arc<RpcStats>,
 ) -> Router {
     let state = Internal {
         view,
         stock,
+        coupons,
         secret_digest: Arc::new(digest(secret.expose_secret().as_bytes())),
         stats,
     };
     Router::new()
-        .route(STOCK_ROUTE, post(stock_ops))
+        .route(SHARD_OPS_ROUTE, post(stock_ops))
         .layer(DefaultBodyLimit::max(MAX_BATCH_BYTES))
         .with_state(state)
 }
@@ -247,8 +282,8 @@ async fn stock_ops(
 }
 
 /// Serves one forwarded operation with this node's actors.
-async fn serve(state: &Internal, op: StockOp) -> OpAnswer {
-    let item = op.item();
+async fn serve(state: &Internal, op: ShardOp) -> OpAnswer {
+    let item = op.sharded_id();
     let shard = state.view.shard_of(item);
     if state.view.serves(shard).is_none() {
         state.stats.not_owner.fetch_add(1, Ordering::Relaxed);
@@ -261,7 +296,7 @@ async fn serve(state: &Internal, op: StockOp) -> OpAnswer {
     }
     let item_id = ItemId::from_db(item);
     match op {
-        StockOp::Hold {
+        ShardOp::Hold {
             quantity,
             within_ms,
             ..
@@ -285,7 +320,7 @@ async fn serve(state: &Internal, op: StockOp) -> OpAnswer {
                 Err(e) => OpAnswer::Refused(e.into()),
             }
         }
-        StockOp::Release {
+        ShardOp::Release {
             quantity, epoch, ..
         } => {
             if let Some(hold) = allotment_hold(item_id, quantity, epoch) {
@@ -293,15 +328,33 @@ async fn serve(state: &Internal, op: StockOp) -> OpAnswer {
             }
             OpAnswer::Done
         }
-        StockOp::Lost { epoch, .. } => {
+        ShardOp::Lost { epoch, .. } => {
             if let Some(hold) = allotment_hold(item_id, 1, epoch) {
                 state.stock.lost(hold);
             }
             OpAnswer::Done
         }
-        StockOp::Replenished { .. } => {
+        ShardOp::Replenished { .. } => {
             state.stock.replenished(item_id);
             OpAnswer::Done
+        }
+        ShardOp::IssueCoupon { coupon, user, key } => {
+            state
+                .stats
+                .coupon_ops_served
+                .fetch_add(1, Ordering::Relaxed);
+            OpAnswer::CouponIssue {
+                outcome: state.coupons.issue(coupon, user, key).await,
+            }
+        }
+        ShardOp::CouponStatus { coupon, user } => {
+            state
+                .stats
+                .coupon_ops_served
+                .fetch_add(1, Ordering::Relaxed);
+            OpAnswer::CouponQueue {
+                status: state.coupons.status(coupon, user).await,
+            }
         }
     }
 }
@@ -321,8 +374,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn coupon_answers_cross_the_wire_intact() {
+        for answer in [
+            OpAnswer::CouponIssue {
+                outcome: Ok(IssueOutcome::Queued { position: 3 }),
+            },
+            OpAnswer::CouponIssue {
+                outcome: Err(CouponError::Overloaded {
+                    retry_after_secs: 2,
+                }),
+            },
+            OpAnswer::CouponIssue {
+                outcome: Ok(IssueOutcome::AlreadyIssued),
+            },
+            OpAnswer::CouponQueue {
+                status: Ok(QueueStatus::Queued(7)),
+            },
+            OpAnswer::CouponQueue {
+                status: Err(CouponError::NotFound),
+            },
+        ] {
+            let text = serde_json::to_string(&answer).unwrap();
+            assert_eq!(
+                serde_json::from_str::<OpAnswer>(&text).unwrap(),
+                answer,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn operations_and_answers_have_a_stable_wire_form() {
-        let op = StockOp::Hold {
+        let op = ShardOp::Hold {
             item: 7,
             quantity: 2,
             within_ms: 900,
@@ -332,7 +415,7 @@ mod tests {
             text,
             r#"{"op":"hold","item":7,"quantity":2,"withinMs":900}"#
         );
-        assert_eq!(serde_json::from_str::<StockOp>(&text).unwrap(), op);
+        assert_eq!(serde_json::from_str::<ShardOp>(&text).unwrap(), op);
         let answer = OpAnswer::Refused(Refusal::NotOwner {
             owner: Some("node-2".into()),
         });

@@ -2,7 +2,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use surge_actors::events::{MyPageProjection, RelayStats};
-use surge_actors::{CouponActors, OrderSagas, StockActors, StockPath};
+use surge_actors::{
+    CouponActors, CouponError, IssueOutcome, OrderSagas, QueueStatus, StockActors, StockPath,
+};
 use surge_cluster::ClusterNode;
 use surge_persistence::Database;
 use surge_persistence::committer::{CommitStats, GroupCommitter};
@@ -71,4 +73,31 @@ pub struct OrderServices {
     pub admission: Arc<Semaphore>,
     /// How long a client waits for a saga before getting 202 PROCESSING.
     pub answer_deadline: Duration,
+}
+
+impl AppState {
+    /// Issues a coupon: on the coupon's owner in a cluster, else here.
+    pub async fn issue_coupon(
+        &self,
+        coupon_id: i64,
+        user_id: i64,
+        key: Option<String>,
+    ) -> Result<IssueOutcome, CouponError> {
+        match &self.node.cluster {
+            Some(cluster) => cluster.coupons().issue(coupon_id, user_id, key).await,
+            None => self.coupons.issue(coupon_id, user_id, key).await,
+        }
+    }
+
+    /// A member's standing in a coupon's waiting room: on the coupon's owner in a cluster.
+    pub async fn coupon_status(
+        &self,
+        coupon_id: i64,
+        user_id: i64,
+    ) -> Result<QueueStatus, CouponError> {
+        match &self.node.cluster {
+            Some(cluster) => cluster.coupons().status(coupon_id, user_id).await,
+            None => self.coupons.status(coupon_id, user_id).await,
+        }
+    }
 }

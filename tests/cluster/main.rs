@@ -360,7 +360,7 @@ async fn the_internal_listener_refuses_a_missing_or_forged_secret() {
     let admin = api.admin_token(&node.base).await;
     let view = api.cluster(&node.base, &admin).await;
     let addr = view["node"]["clusterAddr"].as_str().unwrap().to_owned();
-    let url = format!("http://{addr}/internal/v1/stock");
+    let url = format!("http://{addr}/internal/v1/shard-ops");
     let batch = json!({"ops": [{"op": "replenished", "item": 1}]});
     let missing = api.http.post(&url).json(&batch).send().await.unwrap();
     assert_eq!(missing.status(), 401);
@@ -549,4 +549,157 @@ fn pg_host_port(url: &str) -> String {
     let after = url.split("://").nth(1).unwrap();
     let host = after.split('/').next().unwrap();
     host.rsplit('@').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_has_one_waiting_room_and_one_count_across_the_cluster() {
+    let env = ClusterEnv::create().await;
+    let api = Api::new();
+    let nodes = [env.start("k1"), env.start("k2"), env.start("k3")];
+    let admin = api.admin_token(&nodes[0].base).await;
+    wait_for_spread(&api, &nodes.iter().collect::<Vec<_>>(), &admin, 3).await;
+    let create = |name: &str, quantity: i64, room: Option<i64>| {
+        let mut body = json!({"name": name, "discountRate": 10, "quantity": quantity});
+        if let Some(rate) = room {
+            body["waitingRoom"] = json!({"admitPerSecond": rate});
+        }
+        body
+    };
+    let post = |base: &str, token: &str, path: String, body: Option<Value>| {
+        let mut request = api
+            .http
+            .post(format!("{base}{path}"))
+            .bearer_auth(token.to_owned());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send()
+    };
+
+    // A waiting room admitting one member a second: three members joining through three
+    // different nodes get three different places in the one room of the coupon's owner.
+    let room: Value = post(
+        &nodes[0].base,
+        &admin,
+        "/api/v1/coupons".into(),
+        Some(create("One room", 10, Some(1))),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let room_id = room["couponId"].as_i64().unwrap();
+    let mut members = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        members.push(api.member(&node.base, &format!("roomer_{i}")).await);
+    }
+    let mut positions = Vec::new();
+    for (node, token) in nodes.iter().zip(&members) {
+        let answer = post(
+            &node.base,
+            token,
+            format!("/api/v1/coupons/{room_id}/issue"),
+            None,
+        )
+        .await
+        .unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = answer.json().await.unwrap();
+        if status == 202 {
+            positions.push(body["position"].as_u64().unwrap());
+        } else {
+            // The first one may be admitted at once by the room's first tick.
+            assert_eq!(status, 201, "{body}");
+            positions.push(0);
+        }
+    }
+    let mut distinct = positions.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "one room, three places: {positions:?}");
+    // Each member's standing reads the same room from any node.
+    for (i, token) in members.iter().enumerate() {
+        let other = &nodes[(i + 1) % 3];
+        let (status, body, _) = api
+            .get(
+                format!("{}/api/v1/coupons/{room_id}/queue/me", other.base),
+                token,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_ne!(body["status"], "NOT_QUEUED", "{body}");
+    }
+    // The coupon's shard is served by exactly one node, which answered the others' members.
+    let shard = usize::try_from(room_id.rem_euclid(64)).unwrap();
+    let mut owner = None;
+    for node in &nodes {
+        let view = api.cluster(&node.base, &admin).await;
+        if view["shards"][shard]["owner"] == node.id.as_str() {
+            owner = Some(node);
+        }
+    }
+    let owner = owner.expect("the coupon's shard has an owner");
+    let view = api.cluster(&owner.base, &admin).await;
+    assert!(
+        view["forwarding"]["couponOpsServedForPeers"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{view}"
+    );
+
+    // A first-come-first-served rush through all three nodes: exactly the quantity, nobody
+    // twice.
+    let rush: Value = post(
+        &nodes[1].base,
+        &admin,
+        "/api/v1/coupons".into(),
+        Some(create("Rush", 20, None)),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let rush_id = rush["couponId"].as_i64().unwrap();
+    let mut tokens = Vec::new();
+    for i in 0..30 {
+        tokens.push(api.member(&nodes[i % 3].base, &format!("rusher_{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let http = api.http.clone();
+        let bases: Vec<String> = nodes.iter().map(|n| n.base.clone()).collect();
+        tasks.push(tokio::spawn(async move {
+            let mut issued = 0;
+            for attempt in 0..2 {
+                let base = &bases[(i + attempt) % 3];
+                let answer = http
+                    .post(format!("{base}/api/v1/coupons/{rush_id}/issue"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                if answer.status() == 201 {
+                    issued += 1;
+                }
+            }
+            issued
+        }));
+    }
+    let mut issued = 0;
+    for task in tasks {
+        let n = task.await.unwrap();
+        assert!(n <= 1, "a member got the coupon twice");
+        issued += n;
+    }
+    assert_eq!(issued, 20, "exactly the quantity was issued");
+    let (_, coupon, _) = api
+        .get(
+            format!("{}/api/v1/coupons/{rush_id}", nodes[2].base),
+            &admin,
+        )
+        .await;
+    assert_eq!(coupon["remaining"], 0, "{coupon}");
 }

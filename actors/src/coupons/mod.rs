@@ -25,7 +25,7 @@ mod waiting_room;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use surge_persistence::redis_coupons::RedisCoupons;
 use surge_supervisors::CircuitBreaker;
 
@@ -80,8 +80,9 @@ pub enum CouponStore {
     },
 }
 
-/// How an issue request ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an issue request ended (serializable: a cluster node asks the coupon's owner).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "camelCase")]
 pub enum IssueOutcome {
     /// Issued now, durably.
     Issued {
@@ -110,7 +111,8 @@ pub enum IssueOutcome {
 }
 
 /// Why an issue request could not be decided.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "camelCase")]
 pub enum CouponError {
     /// No such coupon.
     #[error("coupon not found")]
@@ -130,7 +132,7 @@ pub enum CouponError {
 }
 
 /// A member's standing in a coupon's waiting room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum QueueStatus {
     /// Waiting, at this place.

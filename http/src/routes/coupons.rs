@@ -293,8 +293,7 @@ pub async fn issue(
         ));
     }
     let outcome = state
-        .coupons
-        .issue(id, user_id, key.map(|k| k.as_str().to_owned()))
+        .issue_coupon(id, user_id, key.map(|k| k.as_str().to_owned()))
         .await
         .map_err(coupon_error)?;
     match outcome {
@@ -340,8 +339,7 @@ pub async fn queue_me(
 ) -> Result<Json<QueueResponse>, ApiError> {
     let id = coupon_id(raw)?;
     let status = state
-        .coupons
-        .status(id, caller.user_id.get())
+        .coupon_status(id, caller.user_id.get())
         .await
         .map_err(coupon_error)?;
     Ok(Json(match status {
