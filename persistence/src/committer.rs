@@ -426,31 +426,42 @@ async fn commit(
         Err(e) => return Some((writes, e.into())),
     };
     let now = now_millis();
+    // Every order of the batch is written first, as one run (a few multi-row statements), so
+    // its fenced allotment decrements lock their rows in one pass sorted by item. Two runs in
+    // one transaction (orders split by, say, the sweeper's write) would lock in two sorted
+    // passes, and in a cluster two nodes' writers then deadlock on each other's rows. The other
+    // writes follow in queue order; none depends on an order placed in the same batch (a
+    // cancellation is queued only after its order's 201).
+    let orders: Vec<&NewOrder> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Place(order, _) => Some(order),
+            _ => None,
+        })
+        .collect();
+    let placed = if orders.is_empty() {
+        Ok(Vec::new())
+    } else {
+        placement::place_orders(&mut tx, db.backend(), &orders, now).await
+    };
+    let mut placed = match placed {
+        Ok(placed) => placed.into_iter(),
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return Some((writes, e.into()));
+        }
+    };
     let mut outcomes = Vec::with_capacity(writes.len());
-    // Consecutive orders are written together, a few multi-row statements for the whole run;
-    // every other write on its own, in queue order.
-    let mut next = 0;
-    while next < writes.len() {
-        let run: Vec<&NewOrder> = writes[next..]
-            .iter()
-            .map_while(|w| match w {
-                Write::Place(order, _) => Some(order),
-                _ => None,
-            })
-            .collect();
-        let applied = if run.is_empty() {
-            next += 1;
-            apply(&mut tx, db.backend(), &writes[next - 1], now)
-                .await
-                .map(|o| vec![o])
-        } else {
-            next += run.len();
-            placement::place_orders(&mut tx, db.backend(), &run, now)
-                .await
-                .map(|placed| placed.into_iter().map(Outcome::Place).collect())
+    for write in &writes {
+        let outcome = match write {
+            Write::Place(..) => match placed.next() {
+                Some(placed) => Ok(Outcome::Place(placed)),
+                None => Err(sqlx::Error::Protocol("an order without an outcome".into())),
+            },
+            other => apply(&mut tx, db.backend(), other, now).await,
         };
-        match applied {
-            Ok(applied) => outcomes.extend(applied),
+        match outcome {
+            Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 let _ = tx.rollback().await;
                 return Some((writes, e.into()));
