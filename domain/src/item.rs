@@ -6,8 +6,18 @@ use crate::ValidationError;
 
 /// Maximum length of an [`ItemName`] after trimming, in characters (not bytes).
 pub const MAX_ITEM_NAME_CHARS: usize = 200;
-/// Largest amount accepted by [`Money::parse`], in the smallest currency unit.
-pub const MAX_MONEY: i64 = 1_000_000_000_000;
+/// Largest amount accepted by [`Money::parse`], in the smallest currency unit. Chosen so that
+/// the largest order (every line at the largest quantity and price) stays below 2^53: a
+/// JavaScript client reads every amount Surge sends exactly.
+pub const MAX_MONEY: i64 = 100_000_000_000;
+/// The largest integer a JSON number holds exactly in an IEEE double (2^53 − 1).
+pub const MAX_EXACT_JSON_INTEGER: i64 = (1 << 53) - 1;
+
+const _: () = assert!(
+    MAX_MONEY * crate::order::MAX_LINE_QUANTITY * crate::order::MAX_ORDER_LINES as i64
+        <= MAX_EXACT_JSON_INTEGER,
+    "the largest order total must stay exact in JSON"
+);
 /// Largest stock level (and largest single restock) accepted.
 pub const MAX_STOCK: i64 = 1_000_000_000;
 
@@ -185,7 +195,7 @@ mod tests {
         assert_eq!(Money::parse(MAX_MONEY, "price").unwrap().get(), MAX_MONEY);
         let err = Money::parse(-1, "minPrice").unwrap_err();
         assert_eq!(err.field, "minPrice");
-        assert_eq!(err.message, "must be between 0 and 1000000000000");
+        assert_eq!(err.message, "must be between 0 and 100000000000");
         assert_eq!(
             Money::parse(MAX_MONEY + 1, "price").unwrap_err().field,
             "price"
@@ -206,7 +216,7 @@ mod tests {
         assert_eq!(max.checked_add(max).unwrap().get(), 2 * MAX_MONEY);
         assert_eq!(max.checked_mul(1000).unwrap().get(), 1000 * MAX_MONEY);
         assert_eq!(max.checked_mul(i64::MAX), None);
-        let big = max.checked_mul(9_000_000).unwrap();
+        let big = max.checked_mul(90_000_000).unwrap();
         assert_eq!(big.checked_add(big), None);
     }
 

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use surge_domain::{Role, UserId};
 use surge_persistence::now_millis;
 
+use crate::cursor::Cursors;
 use crate::error::ApiError;
 use crate::password::{PasswordWorkers, hash_now};
 
@@ -91,6 +92,8 @@ pub struct AuthService {
     dummy_hash: String,
     /// The threads that hash and verify passwords.
     passwords: PasswordWorkers,
+    /// Signs list cursors (key derived from the same secret).
+    cursors: Cursors,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -120,7 +123,13 @@ impl AuthService {
             revoked_sessions: RwLock::new(revoked.into_iter().collect()),
             dummy_hash,
             passwords,
+            cursors: Cursors::new(key),
         })
+    }
+
+    /// List cursors, signed with this deployment's key.
+    pub fn cursors(&self) -> &Cursors {
+        &self.cursors
     }
 
     /// Signs an access token and makes a new refresh token.

@@ -37,6 +37,15 @@ pub enum ApiError {
     /// The request could not be read (bad JSON, wrong type, bad path or query parameter).
     #[error("{0}")]
     BadRequest(String),
+    /// A JSON body with a field of the wrong type, a missing field or a field the request does
+    /// not have, named in plain words.
+    #[error("{message}")]
+    BadField {
+        /// The JSON path of the field (`lines[0].quantity`).
+        field: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
     /// The body is larger than the server accepts.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -143,7 +152,7 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Validation(_) | Self::BadRequest(_) => {
+            Self::Validation(_) | Self::BadRequest(_) | Self::BadField { .. } => {
                 (StatusCode::BAD_REQUEST, "VALIDATION_FAILED")
             }
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
@@ -169,6 +178,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let details = match &self {
             Self::Validation(e) => Some(json!({ "field": e.field })),
+            Self::BadField { field, .. } => Some(json!({ "field": field })),
             Self::Refused { details, .. } => details.clone(),
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
@@ -227,9 +237,107 @@ impl From<JsonRejection> for ApiError {
         match &rejection {
             JsonRejection::MissingJsonContentType(_) => Self::UnsupportedMediaType,
             JsonRejection::BytesRejection(inner) => from_bytes_rejection(inner),
+            JsonRejection::JsonDataError(_) => match plain_json_problem(&rejection.body_text()) {
+                Some((field, message)) => Self::BadField { field, message },
+                None => Self::BadRequest(rejection.body_text()),
+            },
+            JsonRejection::JsonSyntaxError(_) => Self::BadRequest(format!(
+                "the body is not valid JSON ({})",
+                location(&rejection.body_text())
+            )),
             _ => Self::BadRequest(rejection.body_text()),
         }
     }
+}
+
+/// "line 1 column 7" of a serde message, or "position unknown".
+fn location(text: &str) -> String {
+    text.rfind(" at line ").map_or_else(
+        || "position unknown".to_owned(),
+        |i| text[i + 4..].trim().to_owned(),
+    )
+}
+
+/// The field and a plain-words message of a serde data error as axum renders it
+/// (`Failed to deserialize the JSON body into the target type: lines[0].quantity: invalid type:
+/// string "a", expected i64 at line 1 column 30`): no Rust type names, the field named. `None`
+/// when the text has another shape.
+fn plain_json_problem(text: &str) -> Option<(String, String)> {
+    let inner = text.split_once("target type: ")?.1;
+    let inner = inner.rfind(" at line ").map_or(inner, |i| &inner[..i]);
+    let (path, problem) = match inner.split_once(": ") {
+        Some((path, problem)) if !path.contains(' ') => (path, problem),
+        _ => (".", inner),
+    };
+    let quoted = |s: &str| -> Option<String> {
+        let start = s.find('`')? + 1;
+        let end = start + s[start..].find('`')?;
+        Some(s[start..end].to_owned())
+    };
+    let parent = |name: &str| {
+        if path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    if let Some(rest) = problem.strip_prefix("unknown field ") {
+        let name = quoted(rest)?;
+        // Every `name` after "expected" ("`a` or `b`", "one of `a`, `b`, `c`").
+        let expected: Vec<String> = rest
+            .split_once("expected ")
+            .map(|(_, list)| {
+                list.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        // The path of an unknown field already ends with its name.
+        let field = if path == "." { name } else { path.to_owned() };
+        let message = if expected.is_empty() {
+            format!("`{field}` is not a field of this request")
+        } else {
+            format!(
+                "`{field}` is not a field of this request (it takes {})",
+                expected.join(", ")
+            )
+        };
+        return Some((field, message));
+    }
+    if let Some(rest) = problem.strip_prefix("missing field ") {
+        let field = parent(&quoted(rest)?);
+        return Some((field.clone(), format!("`{field}` is required")));
+    }
+    let expected = problem
+        .rsplit_once("expected ")
+        .map_or("another value", |(_, e)| e);
+    let wanted = match expected {
+        "i64" | "u64" | "i32" | "u32" | "i16" | "u16" | "u8" | "i8" | "usize" | "isize" => {
+            "a whole number"
+        }
+        "f64" | "f32" => "a number",
+        "a string" | "a borrowed string" => "a string",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        "struct" => "an object",
+        other if other.starts_with("struct ") || other.starts_with("a map") => "an object",
+        other if other.starts_with("i64") || other.starts_with("u64") => "a whole number",
+        _ => "another kind of value",
+    };
+    let got = if problem.starts_with("invalid value: integer") {
+        "a number out of range"
+    } else if let Some(rest) = problem.strip_prefix("invalid type: ") {
+        rest.split([',', ' ']).next().unwrap_or("a value")
+    } else {
+        "a value it cannot read"
+    };
+    let field = path.to_owned();
+    Some((
+        field.clone(),
+        format!("`{field}` must be {wanted}, not {got}"),
+    ))
 }
 
 impl From<BytesRejection> for ApiError {
@@ -247,5 +355,66 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::BadRequest(rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod plain_messages {
+    #![allow(clippy::unwrap_used)]
+
+    use super::plain_json_problem;
+
+    const PREFIX: &str = "Failed to deserialize the JSON body into the target type: ";
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_fields_the_request_takes() {
+        let (field, message) = plain_json_problem(&format!(
+            "{PREFIX}lines[0].qty: unknown field `qty`, expected `itemId` or `quantity` at line 1 column 20"
+        ))
+        .unwrap();
+        assert_eq!(field, "lines[0].qty");
+        assert_eq!(
+            message,
+            "`lines[0].qty` is not a field of this request (it takes itemId, quantity)"
+        );
+        let (field, _) = plain_json_problem(&format!(
+            "{PREFIX}admin: unknown field `admin`, expected one of `loginId`, `password`, `name` at line 1 column 9"
+        ))
+        .unwrap();
+        assert_eq!(field, "admin");
+    }
+
+    #[test]
+    fn a_wrong_type_says_what_is_expected_without_rust_type_names() {
+        let (field, message) = plain_json_problem(&format!(
+            "{PREFIX}lines[0].quantity: invalid type: string \"a\", expected i64 at line 1 column 30"
+        ))
+        .unwrap();
+        assert_eq!(field, "lines[0].quantity");
+        assert_eq!(
+            message,
+            "`lines[0].quantity` must be a whole number, not string"
+        );
+        assert!(!message.contains("i64"));
+        let (_, message) = plain_json_problem(&format!(
+            "{PREFIX}price: invalid value: integer `-1`, expected u64 at line 1 column 9"
+        ))
+        .unwrap();
+        assert_eq!(
+            message,
+            "`price` must be a whole number, not a number out of range"
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let (field, message) = plain_json_problem(&format!(
+            "{PREFIX}missing field `password` at line 1 column 20"
+        ))
+        .unwrap();
+        assert_eq!(
+            (field.as_str(), message.as_str()),
+            ("password", "`password` is required")
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! no state of their own.
 
 pub mod auth;
+pub mod cursor;
 pub mod error;
 mod extract;
 pub mod item_cache;

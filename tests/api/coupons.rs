@@ -240,16 +240,16 @@ on_both_coupon_stores! {
         assert_error(&send(app.get("/api/v1/coupons/0")).await, 404, "NOT_FOUND");
         assert_error(&send(app.get("/api/v1/coupons/abc")).await, 400, "VALIDATION_FAILED");
         assert_error(&send(app.post("/api/v1/coupons/1/issue")).await, 401, "UNAUTHENTICATED");
-        // Not open yet: its own code, and nothing issued.
+        // Not open yet: hidden from members (404, like a missing one), and nothing issued.
         let later = create_coupon(&app, &admin, json!({
             "name": "Tomorrow", "discountRate": 20, "quantity": 5, "opensAt": "2099-01-01T00:00:00Z"
         })).await;
         assert_eq!(later["opensAt"], "2099-01-01T00:00:00.000Z");
         let id = later["couponId"].as_i64().unwrap();
         let early = issue(&app, &user, id).await;
-        assert_error(&early, 409, "COUPON_NOT_OPEN");
-        assert_eq!(early.1["details"]["opensAt"], "2099-01-01T00:00:00.000Z");
-        let (_, read) = send(app.get(&format!("/api/v1/coupons/{id}"))).await;
+        assert_error(&early, 404, "NOT_FOUND");
+        assert_error(&send(app.get(&format!("/api/v1/coupons/{id}"))).await, 404, "NOT_FOUND");
+        let (_, read) = send(app.get(&format!("/api/v1/coupons/{id}")).bearer_auth(&admin.access)).await;
         assert_eq!(read["remaining"], 5);
         // A coupon of quantity 0 is sold out from the start.
         let none = create_coupon(&app, &admin, json!({"name": "Zero", "discountRate": 1, "quantity": 0}))

@@ -10,6 +10,7 @@ mod coupon_outage;
 mod coupons;
 mod errors;
 mod events;
+mod hardening;
 mod items;
 #[cfg(feature = "kafka")]
 mod kafka;

@@ -59,7 +59,9 @@ on_both_backends! {
         assert_eq!(own.0, StatusCode::OK);
         assert_eq!(own.1["loginId"], alice.login_id.as_str());
         let other = send(app.get(&format!("/api/v1/users/{}", bob.user_id)).bearer_auth(&alice.access)).await;
-        assert_error(&other, 403, "FORBIDDEN");
+        let nobody = send(app.get("/api/v1/users/999999").bearer_auth(&alice.access)).await;
+        assert_error(&other, 404, "NOT_FOUND");
+        assert_eq!(other, nobody, "another member answers like a missing one");
         let admin = app.admin().await;
         let by_admin = send(app.get(&format!("/api/v1/users/{}", bob.user_id)).bearer_auth(&admin.access)).await;
         assert_eq!(by_admin.0, StatusCode::OK);
@@ -69,10 +71,16 @@ on_both_backends! {
     }
 
     async fn sign_up_cannot_make_an_admin(app: TestApp) {
-        let (status, body) = send(app.post("/api/v1/users").json(&serde_json::json!({
+        // A field a request does not have is refused (the contract), so nobody picks a role.
+        let refused = send(app.post("/api/v1/users").json(&serde_json::json!({
             "loginId": "sneaky", "password": "password-123", "name": "S", "role": "ADMIN"
         }))).await;
-        assert_eq!(status, StatusCode::CREATED);
+        assert_error(&refused, 400, "VALIDATION_FAILED");
+        assert_eq!(refused.1["details"]["field"], "role");
+        let (status, body) = send(app.post("/api/v1/users").json(&serde_json::json!({
+            "loginId": "sneaky", "password": "password-123", "name": "S"
+        }))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
         assert_eq!(body["role"], "USER");
         let admin = app.admin().await;
         let me = send(app.get("/api/v1/users/me").bearer_auth(&admin.access)).await;

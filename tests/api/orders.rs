@@ -182,8 +182,11 @@ on_both_backends! {
         assert_eq!(stock_of(&app, item).await, 1);
 
         let path = format!("/api/v1/orders/{id}");
-        assert_error(&send(app.get(&path).bearer_auth(&stranger.access)).await, 403, "FORBIDDEN");
-        assert_error(&send(app.post(&format!("{path}/cancel")).bearer_auth(&stranger.access)).await, 403, "FORBIDDEN");
+        // Another member's order answers exactly like a missing one.
+        let missing = send(app.get("/api/v1/orders/999999999").bearer_auth(&stranger.access)).await;
+        assert_error(&missing, 404, "NOT_FOUND");
+        assert_eq!(send(app.get(&path).bearer_auth(&stranger.access)).await, missing);
+        assert_error(&send(app.post(&format!("{path}/cancel")).bearer_auth(&stranger.access)).await, 404, "NOT_FOUND");
         assert_eq!(stock_of(&app, item).await, 1);
 
         let first = send(app.post(&format!("{path}/cancel")).bearer_auth(&buyer.access)).await;
@@ -216,7 +219,7 @@ on_both_backends! {
         assert!(text.contains("event: status"), "{text}");
         assert!(text.contains(r#""status":"SUCCEEDED""#), "{text}");
         let other = app.new_user().await;
-        assert_error(&send(app.get(&format!("/api/v1/orders/{id}/events")).bearer_auth(&other.access)).await, 403, "FORBIDDEN");
+        assert_error(&send(app.get(&format!("/api/v1/orders/{id}/events")).bearer_auth(&other.access)).await, 404, "NOT_FOUND");
     }
 
     async fn my_orders_come_newest_first_with_their_own_lines(app: TestApp) {

@@ -22,7 +22,7 @@ const REFRESH_COOKIE_PATH: &str = "/api/v1/auth";
 
 /// Login request.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginRequest {
     login_id: String,
     password: String,
@@ -30,7 +30,7 @@ pub struct LoginRequest {
 
 /// Refresh request; the token may come in the body or in the `refresh_token` cookie.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshRequest {
     refresh_token: String,
 }

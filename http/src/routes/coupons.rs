@@ -6,7 +6,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use surge_actors::{CouponError, IssueOutcome, QueueStatus};
 use surge_domain::{
     AdmitRate, CouponDescription, CouponId, CouponName, CouponQuantity, CouponStatus, DiscountRate,
@@ -33,7 +32,7 @@ pub struct WaitingRoomSettings {
 
 /// A new coupon.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateCouponRequest {
     /// Unique, 1–100 characters.
     #[schema(example = "Black Friday 15%")]
@@ -256,12 +255,27 @@ pub async fn create(
     responses((status = 200, body = CouponResponse), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(raw): ApiPath<i64>,
 ) -> Result<Json<CouponResponse>, ApiError> {
     let id = coupon_id(raw)?;
     let coupon = state.coupons.definition(id).await.map_err(coupon_error)?;
+    // Before it opens a coupon exists only for ADMINs: nobody else learns of a drop early.
+    if coupon.def.opens_at > now_millis() && !caller_is_admin(&state, &headers) {
+        return Err(ApiError::NotFound("coupon"));
+    }
     let remaining = state.coupons.remaining(id).await.map_err(coupon_error)?;
     Ok(Json(CouponResponse::new(coupon, remaining)))
+}
+
+/// Whether the request carries a valid ADMIN access token (the route itself is public).
+fn caller_is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|token| state.auth.verify(token).ok())
+        .is_some_and(|caller| caller.role.is_admin())
 }
 
 /// Issues the coupon to the caller, first come first served; with a waiting room, queues the
@@ -272,7 +286,7 @@ pub async fn get(
     responses((status = 201, body = IssueResponse),
         (status = 202, body = QueueResponse, description = "QUEUED in the waiting room"),
         (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "SOLD_OUT, ALREADY_ISSUED or COUPON_NOT_OPEN"),
+        (status = 409, body = ErrorBody, description = "SOLD_OUT or ALREADY_ISSUED"),
         (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
         (status = 503, body = ErrorBody, description = "OVERLOADED")))]
 pub async fn issue(
@@ -320,11 +334,8 @@ pub async fn issue(
             "ALREADY_ISSUED",
             "you already hold this coupon",
         )),
-        IssueOutcome::NotOpen { opens_at } => Err(ApiError::conflict(
-            "COUPON_NOT_OPEN",
-            "this coupon cannot be issued yet",
-        )
-        .with_details(json!({ "opensAt": rfc3339(opens_at) }))),
+        // Before it opens a coupon is hidden from members: it answers like a missing one.
+        IssueOutcome::NotOpen { .. } => Err(ApiError::NotFound("coupon")),
     }
 }
 

@@ -3,8 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use surge_domain::{
     ItemId, ItemName, Money, PageLimit, RestockQuantity, StockLevel, ValidationError,
@@ -13,6 +11,7 @@ use surge_persistence::PersistenceError;
 use surge_persistence::items::{ItemRecord, ItemSearch};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::cursor::Cursors;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Admin, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -22,6 +21,7 @@ use surge_supervisors::CircuitState;
 
 /// New item.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateItemRequest {
     /// 1–200 characters.
     #[schema(example = "Limited sneakers")]
@@ -36,6 +36,7 @@ pub struct CreateItemRequest {
 
 /// Units to add.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RestockRequest {
     /// > 0.
     #[schema(example = 50)]
@@ -97,19 +98,12 @@ fn item_id(raw: i64) -> Result<ItemId, ApiError> {
     ItemId::parse(raw, "itemId").map_err(|_| ApiError::NotFound("item"))
 }
 
-fn encode_cursor(last: ItemId) -> String {
-    URL_SAFE_NO_PAD.encode(format!("item:{}", last.get()))
-}
+/// The kind of id an item list's cursor names.
+const CURSOR_KIND: &str = "item";
 
-fn decode_cursor(cursor: &str) -> Result<ItemId, ValidationError> {
-    let bad = || ValidationError::new("cursor", "is not a cursor this server issued");
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let id = text
-        .strip_prefix("item:")
-        .and_then(|n| n.parse::<i64>().ok())
-        .ok_or_else(bad)?;
-    ItemId::parse(id, "cursor").map_err(|_| bad())
+fn decode_cursor(cursors: &Cursors, cursor: &str) -> Result<ItemId, ValidationError> {
+    let id = cursors.open(CURSOR_KIND, cursor)?;
+    ItemId::parse(id, "cursor")
 }
 
 /// Create an item (ADMIN).
@@ -198,7 +192,11 @@ pub async fn search(
     {
         return Err(ValidationError::new("q", "must be at most 200 characters").into());
     }
-    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(state.auth.cursors(), c))
+        .transpose()?;
     let mut rows = state
         .db
         .search_items(&ItemSearch {
@@ -212,7 +210,8 @@ pub async fn search(
     let page_size = usize::try_from(limit.get()).unwrap_or(usize::MAX);
     let next_cursor = if rows.len() > page_size {
         rows.truncate(page_size);
-        rows.last().map(|item| encode_cursor(item.id))
+        rows.last()
+            .map(|item| state.auth.cursors().sign(CURSOR_KIND, item.id.get()))
     } else {
         None
     };
@@ -260,9 +259,11 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
+        let cursors = Cursors::new(&[7; 40]);
         let id = ItemId::from_db(42);
-        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
-        assert!(decode_cursor("not-a-cursor").is_err());
-        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode("item:-3")).is_err());
+        let cursor = cursors.sign(CURSOR_KIND, id.get());
+        assert_eq!(decode_cursor(&cursors, &cursor).unwrap(), id);
+        assert!(decode_cursor(&cursors, "not-a-cursor").is_err());
+        assert!(decode_cursor(&cursors, &cursors.sign(CURSOR_KIND, -3)).is_err());
     }
 }

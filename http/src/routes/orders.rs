@@ -9,8 +9,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -30,7 +28,7 @@ use crate::time_fmt::rfc3339;
 
 /// One requested line.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderLineRequest {
     item_id: i64,
     quantity: i64,
@@ -38,7 +36,7 @@ pub struct OrderLineRequest {
 
 /// A new order.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// 1–50 lines, each item at most once.
     lines: Vec<OrderLineRequest>,
@@ -450,8 +448,9 @@ fn order_id(raw: i64) -> Result<i64, ApiError> {
 
 async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<OrderRecord, ApiError> {
     let order = load(state, order_id(id)?).await?;
+    // Another member's order answers exactly like a missing one (no existence oracle).
     if order.user_id != caller.user_id.get() && !caller.role.is_admin() {
-        return Err(ApiError::Forbidden("this order belongs to another member"));
+        return Err(ApiError::NotFound("order"));
     }
     Ok(order)
 }
@@ -459,7 +458,8 @@ async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<OrderRec
 /// Read an order (its owner or an ADMIN).
 #[utoipa::path(get, path = "/api/v1/orders/{orderId}", tag = "orders", security(("bearer" = [])),
     params(("orderId" = i64, Path, description = "order id")),
-    responses((status = 200, body = OrderResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = OrderResponse), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no such order, or another member's")))]
 pub async fn get(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -480,15 +480,7 @@ pub async fn list(
     let before = query
         .cursor
         .as_deref()
-        .map(|c| {
-            URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix("order:").and_then(|n| n.parse::<i64>().ok()))
-                .filter(|id| *id > 0)
-                .ok_or_else(|| ValidationError::new("cursor", "is not a cursor this server issued"))
-        })
+        .map(|c| state.auth.cursors().open("order", c))
         .transpose()?;
     let mut orders = state
         .db
@@ -499,7 +491,7 @@ pub async fn list(
         orders.truncate(page);
         orders
             .last()
-            .map(|o| URL_SAFE_NO_PAD.encode(format!("order:{}", o.id)))
+            .map(|o| state.auth.cursors().sign("order", o.id))
     } else {
         None
     };
@@ -513,7 +505,8 @@ pub async fn list(
 /// a cancelled order answers the same.
 #[utoipa::path(post, path = "/api/v1/orders/{orderId}/cancel", tag = "orders", security(("bearer" = [])),
     params(("orderId" = i64, Path, description = "order id")),
-    responses((status = 200, body = OrderResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = OrderResponse), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "no such order, or another member's"),
               (status = 409, description = "ORDER_NOT_CANCELLABLE", body = ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -553,7 +546,8 @@ fn short(e: &surge_persistence::PersistenceError) -> &'static str {
 #[utoipa::path(get, path = "/api/v1/orders/{orderId}/events", tag = "orders", security(("bearer" = [])),
     params(("orderId" = i64, Path, description = "order id")),
     responses((status = 200, description = "text/event-stream of `status` events", content_type = "text/event-stream"),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "no such order, or not the caller's")))]
 pub async fn events(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -563,7 +557,7 @@ pub async fn events(
     let rx = state.orders.sagas.subscribe();
     let order = readable(&state, &caller, id).await?;
     if order.user_id != caller.user_id.get() {
-        return Err(ApiError::Forbidden("only the buyer can follow an order"));
+        return Err(ApiError::NotFound("order"));
     }
     let follow = Follow {
         rx,

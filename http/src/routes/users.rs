@@ -15,7 +15,7 @@ use crate::state::AppState;
 
 /// Sign-up request.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignUpRequest {
     /// 4–64 characters of `[A-Za-z0-9_.-]`.
     #[schema(example = "buyer_01")]
@@ -112,17 +112,16 @@ pub async fn me(
 #[utoipa::path(get, path = "/api/v1/users/{userId}", tag = "members", security(("bearer" = [])),
     params(("userId" = i64, Path, description = "member id")),
     responses((status = 200, body = UserResponse), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 404, body = ErrorBody, description = "no such member, or not the caller")))]
 pub async fn profile(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     ApiPath(user_id): ApiPath<i64>,
 ) -> Result<Json<UserResponse>, ApiError> {
     let user_id = UserId::parse(user_id, "userId").map_err(|_| ApiError::NotFound("member"))?;
+    // Another member answers exactly like a missing one (no existence oracle).
     if !caller.may_access(user_id) {
-        return Err(ApiError::Forbidden(
-            "a member can only read their own profile",
-        ));
+        return Err(ApiError::NotFound("member"));
     }
     let user = state
         .db

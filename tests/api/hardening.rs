@@ -1,0 +1,141 @@
+//! The public edge (issue 13): unknown fields, plain error messages, signed cursors, no
+//! existence oracle, coupons hidden before they open.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error, send};
+use crate::on_both_backends;
+
+on_both_backends! {
+    async fn unknown_fields_are_refused_naming_the_field_and_change_nothing(app: TestApp) {
+        // A sign-up that tries to choose its own role.
+        let login = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let answer = send(app.post("/api/v1/users").json(&json!({
+            "loginId": login, "password": "password-123", "name": "Mallory", "role": "ADMIN"
+        })))
+        .await;
+        assert_error(&answer, 400, "VALIDATION_FAILED");
+        assert_eq!(answer.1["details"]["field"], "role", "{}", answer.1);
+        assert!(answer.1["message"].as_str().unwrap().contains("`role` is not a field"), "{}", answer.1);
+        let (status, _) = app.login(&login, "password-123").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "nothing was created");
+
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Strict", 100, 5).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        let answer = app
+            .place_order(&buyer, json!({"lines": [{"itemId": item, "qty": 1}]}))
+            .await;
+        assert_error(&answer, 400, "VALIDATION_FAILED");
+        assert_eq!(answer.1["details"]["field"], "lines[0].qty", "{}", answer.1);
+        let restock = send(
+            app.post(&format!("/api/v1/items/{item}/restock"))
+                .bearer_auth(&admin.access)
+                .json(&json!({"quantity": 5, "price": 1})),
+        )
+        .await;
+        assert_error(&restock, 400, "VALIDATION_FAILED");
+        assert_eq!(restock.1["details"]["field"], "price");
+        let (_, item_now) = send(app.get(&format!("/api/v1/items/{item}"))).await;
+        assert_eq!(item_now["stock"], 5, "a refused restock added nothing");
+    }
+
+    async fn a_wrong_type_is_explained_without_rust_type_names(app: TestApp) {
+        let buyer = app.new_user().await;
+        let answer = app
+            .place_order(&buyer, json!({"lines": [{"itemId": 1, "quantity": "two"}]}))
+            .await;
+        assert_error(&answer, 400, "VALIDATION_FAILED");
+        let message = answer.1["message"].as_str().unwrap();
+        assert_eq!(answer.1["details"]["field"], "lines[0].quantity", "{message}");
+        assert!(message.contains("whole number"), "{message}");
+        for rust in ["i64", "u64", "i32", "struct", "Vec<"] {
+            assert!(!message.contains(rust), "{message}");
+        }
+        let missing = send(app.post("/api/v1/auth/login").json(&json!({"loginId": "someone"}))).await;
+        assert_error(&missing, 400, "VALIDATION_FAILED");
+        assert_eq!(missing.1["details"]["field"], "password", "{}", missing.1);
+    }
+
+    async fn a_forged_cursor_is_refused_and_a_genuine_one_pages_on(app: TestApp) {
+        let admin = app.admin().await;
+        let item = app.create_item(&admin, "Paged", 100, 10).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        for _ in 0..3 {
+            let (status, _) = app
+                .place_order(&buyer, json!({"lines": [{"itemId": item, "quantity": 1}]}))
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let (status, first) = send(app.get("/api/v1/orders?limit=1").bearer_auth(&buyer.access)).await;
+        assert_eq!(status, StatusCode::OK);
+        let cursor = first["nextCursor"].as_str().unwrap().to_owned();
+        let (status, second) = send(
+            app.get(&format!("/api/v1/orders?limit=1&cursor={cursor}"))
+                .bearer_auth(&buyer.access),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{second}");
+        assert_ne!(second["items"][0]["orderId"], first["items"][0]["orderId"]);
+        // The old, unsigned form and an edited payload are refused.
+        use base64::Engine as _;
+        let unsigned = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("order:999999");
+        for forged in [unsigned.clone(), format!("{unsigned}.{}", cursor.split_once('.').unwrap().1)] {
+            let answer = send(
+                app.get(&format!("/api/v1/orders?limit=1&cursor={forged}"))
+                    .bearer_auth(&buyer.access),
+            )
+            .await;
+            assert_error(&answer, 400, "VALIDATION_FAILED");
+            assert_eq!(answer.1["details"]["field"], "cursor");
+        }
+        let items = send(app.get(&format!("/api/v1/items?limit=1&cursor={unsigned}"))).await;
+        assert_error(&items, 400, "VALIDATION_FAILED");
+    }
+
+    async fn a_coupon_is_hidden_from_everyone_but_admins_until_it_opens(app: TestApp) {
+        let admin = app.admin().await;
+        let (status, coupon) = send(app.post("/api/v1/coupons").bearer_auth(&admin.access).json(&json!({
+            "name": format!("Tomorrow {}", uuid::Uuid::new_v4().simple()),
+            "discountRate": 20,
+            "quantity": 10,
+            "opensAt": "2099-01-01T00:00:00Z",
+        })))
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{coupon}");
+        let id = coupon["couponId"].as_i64().unwrap();
+        let path = format!("/api/v1/coupons/{id}");
+        let missing = send(app.get("/api/v1/coupons/999999999")).await;
+        assert_error(&missing, 404, "NOT_FOUND");
+        assert_eq!(send(app.get(&path)).await, missing, "anonymous");
+        let buyer = app.new_user().await;
+        assert_eq!(send(app.get(&path).bearer_auth(&buyer.access)).await, missing, "a member");
+        let (status, seen): (StatusCode, Value) = send(app.get(&path).bearer_auth(&admin.access)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(seen["couponId"], id);
+    }
+
+    async fn prices_stay_below_what_javascript_reads_exactly(app: TestApp) {
+        let admin = app.admin().await;
+        let too_dear = send(app.post("/api/v1/items").bearer_auth(&admin.access).json(&json!({
+            "name": "Too dear", "price": 100_000_000_001_i64, "stock": 1
+        })))
+        .await;
+        assert_error(&too_dear, 400, "VALIDATION_FAILED");
+        assert_eq!(too_dear.1["details"]["field"], "price");
+        // The dearest item at the largest quantity: its total is exact in a double.
+        let item = app.create_item(&admin, "Dearest", 100_000_000_000, 1_000).await["itemId"].as_i64().unwrap();
+        let buyer = app.new_user().await;
+        let (status, order) = app
+            .place_order(&buyer, json!({"lines": [{"itemId": item, "quantity": 1000}]}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        let total = order["totalPrice"].as_i64().unwrap();
+        assert_eq!(total, 100_000_000_000_000);
+        assert!(total < (1_i64 << 53));
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        let through_a_double = total as f64 as i64;
+        assert_eq!(through_a_double, total);
+    }
+}
