@@ -183,7 +183,10 @@ mod tests {
         for bad in ["Wid\nget", "Wid\u{0}get", "Wid\u{85}get"] {
             let err = ItemName::parse(bad).unwrap_err();
             assert_eq!(err.field, "name");
-            assert_eq!(err.message, "must not contain control characters");
+            assert_eq!(
+                err.message,
+                "must not contain control characters or invisible formatting characters"
+            );
         }
     }
 

@@ -92,6 +92,46 @@ impl Password {
     }
 }
 
+/// Passwords everyone tries first (`common_passwords.txt`, compared case-insensitively).
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+impl Password {
+    /// The rules a *new* password must meet besides [`Password::parse`] (at sign-up; a login
+    /// only checks the stored hash): no control or bidirectional-format characters, not on the
+    /// list of commonly used passwords (NIST SP 800-63B), and not the login id itself.
+    pub fn check_new(&self, login_id: &LoginId) -> Result<(), ValidationError> {
+        if self
+            .0
+            .chars()
+            .any(|c| c.is_control() || crate::text::is_hidden_format(c))
+        {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                "must not contain control characters or invisible formatting characters",
+            ));
+        }
+        let folded = self.0.to_lowercase();
+        if folded.contains(&login_id.as_str().to_lowercase()) {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                "must not contain the login id",
+            ));
+        }
+        let common = COMMON_PASSWORDS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .any(|l| l.eq_ignore_ascii_case(&folded));
+        if common {
+            return Err(ValidationError::new(
+                Self::FIELD,
+                "is one of the most common passwords; choose another",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Password(***)")
@@ -171,6 +211,57 @@ impl fmt::Display for Role {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    // ---- New passwords ----
+
+    #[test]
+    fn a_new_password_is_not_common_not_the_login_id_and_has_nothing_hidden() {
+        let login = LoginId::parse("alice_92").unwrap();
+        let check = |p: &str| Password::parse(p).unwrap().check_new(&login);
+        assert!(check("correct horse battery").is_ok());
+        for common in [
+            "password1",
+            "PASSWORD1",
+            "12345678",
+            "Qwertyuiop",
+            "iloveyou",
+        ] {
+            let err = check(common).unwrap_err();
+            assert_eq!(err.field, "password");
+            assert!(err.message.contains("common"), "{common}: {}", err.message);
+        }
+        assert!(check("ALICE_92").unwrap_err().message.contains("login id"));
+        assert!(
+            check("my-alice_92-pass")
+                .unwrap_err()
+                .message
+                .contains("login id")
+        );
+        // A right-to-left override, a zero-width space, a control character.
+        for hidden in [
+            "pass\u{202E}word-xyz",
+            "pass\u{200B}word-xyz",
+            "pass\u{7}word-xyz",
+        ] {
+            assert!(
+                check(hidden).unwrap_err().message.contains("invisible"),
+                "{hidden:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_refuse_bidirectional_and_zero_width_characters() {
+        for name in [
+            "Ann\u{202E}eb",
+            "\u{2066}Bob",
+            "Car\u{200D}ol",
+            "\u{FEFF}Dan",
+        ] {
+            assert!(UserName::parse(name).is_err(), "{name:?}");
+        }
+        assert!(UserName::parse("Zoë Ørsted").is_ok());
+    }
 
     // ---- LoginId ----
 
@@ -293,7 +384,10 @@ mod tests {
         for bad in ["Al\nice", "Al\u{0}ice", "Al\u{7f}ice", "Al\u{1b}ice"] {
             let err = UserName::parse(bad).unwrap_err();
             assert_eq!(err.field, "name");
-            assert_eq!(err.message, "must not contain control characters");
+            assert_eq!(
+                err.message,
+                "must not contain control characters or invisible formatting characters"
+            );
         }
         // Inner spaces are fine.
         assert_eq!(

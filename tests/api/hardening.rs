@@ -138,4 +138,26 @@ on_both_backends! {
         let through_a_double = total as f64 as i64;
         assert_eq!(through_a_double, total);
     }
+
+    async fn sign_up_refuses_look_alike_ids_common_passwords_and_hidden_characters(app: TestApp) {
+        let (status, _) = app.sign_up("carol_k", "a long passphrase", "Carol").await;
+        assert_eq!(status, StatusCode::CREATED);
+        // The same id in other case is the same id.
+        assert_error(&app.sign_up("CAROL_K", "a long passphrase", "Carol").await, 409, "DUPLICATE_LOGIN_ID");
+        assert_error(&app.sign_up("Carol_K", "a long passphrase", "Carol").await, 409, "DUPLICATE_LOGIN_ID");
+        for (login, password, name, field) in [
+            ("dave_k", "password1", "Dave", "password"),
+            ("dave_k", "Qwertyuiop", "Dave", "password"),
+            ("dave_k", "my-dave_k-secret", "Dave", "password"),
+            ("dave_k", "pass\u{202E}word-xyz", "Dave", "password"),
+            ("dave_k", "a long passphrase", "Da\u{202E}ve", "name"),
+            ("dave_k", "a long passphrase", "\u{200B}Dave", "name"),
+        ] {
+            let answer = app.sign_up(login, password, name).await;
+            assert_error(&answer, 400, "VALIDATION_FAILED");
+            assert_eq!(answer.1["details"]["field"], field, "{password:?} {name:?}: {}", answer.1);
+        }
+        let (status, _) = app.login("dave_k", "a long passphrase").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no refused sign-up created a member");
+    }
 }

@@ -88,6 +88,7 @@ pub async fn sign_up(
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
     let login_id = LoginId::parse(&req.login_id)?;
     let password = Password::parse(&req.password)?;
+    password.check_new(&login_id)?;
     let name = UserName::parse(&req.name)?;
     let user = create_member(&state, &login_id, &password, &name, Role::User).await?;
     Ok((StatusCode::CREATED, Json(user.into())))
