@@ -23,6 +23,8 @@ pub struct NewCoupon {
     pub opens_at: i64,
     /// Waiting-room admission rate per second, if one fronts the coupon.
     pub admit_per_second: Option<i64>,
+    /// Youngest account (ms since sign-up) that may be issued the coupon; `None`: anyone.
+    pub min_account_age_ms: Option<i64>,
 }
 
 /// A coupon definition as stored.
@@ -38,7 +40,8 @@ pub struct CouponRecord {
 const ISSUE_COLUMNS: &str = "coupon_id, user_id, status, issued_at, idem_key";
 
 const COUPON_COLUMNS: &str =
-    "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second";
+    "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second, \
+     min_account_age_ms";
 
 /// One coupon handed to one member, to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +202,8 @@ impl Database {
         }
         let row: CouponRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO coupons (name, description, item_id, discount_tenths, quantity, opens_at, \
-             admit_per_second, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             admit_per_second, created_at, min_account_age_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              RETURNING {COUPON_COLUMNS}"
         )))
         .bind(&c.name)
@@ -210,6 +214,7 @@ impl Database {
         .bind(c.opens_at)
         .bind(c.admit_per_second)
         .bind(now_millis())
+        .bind(c.min_account_age_ms)
         .fetch_one(self.pool())
         .await?;
         Ok(row)

@@ -160,4 +160,33 @@ on_both_backends! {
         let (status, _) = app.login("dave_k", "a long passphrase").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "no refused sign-up created a member");
     }
+
+    async fn a_coupon_for_established_accounts_refuses_new_ones(app: TestApp) {
+        let admin = app.admin().await;
+        let create = |name: String, age: i64| {
+            app.post("/api/v1/coupons").bearer_auth(&admin.access).json(&json!({
+                "name": name, "discountRate": 10, "quantity": 5, "minAccountAgeSeconds": age
+            }))
+        };
+        let (status, coupon) = send(create(format!("Loyal {}", uuid::Uuid::new_v4().simple()), 3_600)).await;
+        assert_eq!(status, StatusCode::CREATED, "{coupon}");
+        assert_eq!(coupon["minAccountAgeSeconds"], 3_600);
+        let id = coupon["couponId"].as_i64().unwrap();
+        let fresh = app.new_user().await;
+        let refused = send(app.post(&format!("/api/v1/coupons/{id}/issue")).bearer_auth(&fresh.access)).await;
+        assert_error(&refused, 403, "NOT_ELIGIBLE");
+        let (_, after) = send(app.get(&format!("/api/v1/coupons/{id}"))).await;
+        assert_eq!(after["remaining"], 5, "a refusal issues nothing");
+        // One second old is old enough for a one-second rule.
+        let (_, short) = send(create(format!("Short {}", uuid::Uuid::new_v4().simple()), 1)).await;
+        let short = short["couponId"].as_i64().unwrap();
+        let member = app.new_user().await;
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let (status, issued) = send(app.post(&format!("/api/v1/coupons/{short}/issue")).bearer_auth(&member.access)).await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        let bad = send(create("Negative".into(), -1)).await;
+        assert_error(&bad, 400, "VALIDATION_FAILED");
+        assert_eq!(bad.1["details"]["field"], "minAccountAgeSeconds");
+    }
 }
+

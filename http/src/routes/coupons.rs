@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use surge_actors::{CouponError, IssueOutcome, QueueStatus};
 use surge_domain::{
     AdmitRate, CouponDescription, CouponId, CouponName, CouponQuantity, CouponStatus, DiscountRate,
-    ItemId, ValidationError,
+    ItemId, UserId, ValidationError,
 };
 use surge_persistence::coupons::{CouponRecord, HeldCoupon, NewCoupon};
 use surge_persistence::{PersistenceError, now_millis};
@@ -51,6 +51,9 @@ pub struct CreateCouponRequest {
     opens_at: Option<String>,
     /// Queue members and admit them at a fixed rate (for demand far above supply).
     waiting_room: Option<WaitingRoomSettings>,
+    /// Only members whose account is at least this old (0–31,536,000 s) may be issued it;
+    /// younger ones are refused 403 `NOT_ELIGIBLE` (accounts made in bulk for a drop).
+    min_account_age_seconds: Option<i64>,
 }
 
 /// A coupon as clients see it.
@@ -68,6 +71,8 @@ pub struct CouponResponse {
     opens_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     waiting_room: Option<WaitingRoomSettings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    min_account_age_seconds: Option<i64>,
 }
 
 impl CouponResponse {
@@ -85,6 +90,7 @@ impl CouponResponse {
                 .def
                 .admit_per_second
                 .map(|admit_per_second| WaitingRoomSettings { admit_per_second }),
+            min_account_age_seconds: c.def.min_account_age_ms.map(|ms| ms / 1_000),
         }
     }
 }
@@ -218,6 +224,19 @@ pub async fn create(
         .as_ref()
         .map(|w| AdmitRate::parse(w.admit_per_second).map(AdmitRate::get))
         .transpose()?;
+    let min_account_age_ms = req
+        .min_account_age_seconds
+        .map(|secs| {
+            if (0..=MAX_MIN_ACCOUNT_AGE_SECS).contains(&secs) {
+                Ok(secs * 1_000)
+            } else {
+                Err(ValidationError::new(
+                    "minAccountAgeSeconds",
+                    format!("must be between 0 and {MAX_MIN_ACCOUNT_AGE_SECS}"),
+                ))
+            }
+        })
+        .transpose()?;
     let record = state
         .db
         .insert_coupon(&NewCoupon {
@@ -228,6 +247,7 @@ pub async fn create(
             quantity: quantity.get(),
             opens_at,
             admit_per_second,
+            min_account_age_ms,
         })
         .await
         .map_err(|e| match e {
@@ -268,6 +288,35 @@ pub async fn get(
     Ok(Json(CouponResponse::new(coupon, remaining)))
 }
 
+/// Longest account age a coupon may ask for (a year).
+const MAX_MIN_ACCOUNT_AGE_SECS: i64 = 365 * 24 * 3_600;
+
+/// Refuses a member whose account is younger than the coupon asks, before anything is held or
+/// written: 403 `NOT_ELIGIBLE`. Costs a read only for coupons that have the rule.
+async fn check_eligible(state: &AppState, coupon_id: i64, user_id: UserId) -> Result<(), ApiError> {
+    let coupon = state.coupons.definition(coupon_id).await.map_err(coupon_error)?;
+    let Some(min_age) = coupon.def.min_account_age_ms else {
+        return Ok(());
+    };
+    let member = state
+        .db
+        .user_by_id(user_id)
+        .await?
+        .ok_or(ApiError::Unauthenticated("this member no longer exists"))?;
+    if now_millis() - member.created_at < min_age {
+        return Err(ApiError::Refused {
+            status: StatusCode::FORBIDDEN,
+            code: "NOT_ELIGIBLE",
+            message: format!(
+                "this coupon is for accounts at least {} seconds old",
+                min_age / 1_000
+            ),
+            details: None,
+        });
+    }
+    Ok(())
+}
+
 /// Whether the request carries a valid ADMIN access token (the route itself is public).
 fn caller_is_admin(state: &AppState, headers: &HeaderMap) -> bool {
     headers
@@ -286,6 +335,7 @@ fn caller_is_admin(state: &AppState, headers: &HeaderMap) -> bool {
     responses((status = 201, body = IssueResponse),
         (status = 202, body = QueueResponse, description = "QUEUED in the waiting room"),
         (status = 404, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "NOT_ELIGIBLE: the account is younger than the coupon's minAccountAgeSeconds"),
         (status = 409, body = ErrorBody, description = "SOLD_OUT or ALREADY_ISSUED"),
         (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
         (status = 503, body = ErrorBody, description = "OVERLOADED")))]
@@ -306,6 +356,7 @@ pub async fn issue(
             "this Idempotency-Key was used for another coupon",
         ));
     }
+    check_eligible(&state, id, caller.user_id).await?;
     let outcome = state
         .issue_coupon(id, user_id, key.map(|k| k.as_str().to_owned()))
         .await
