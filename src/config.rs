@@ -126,6 +126,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// `SURGE_SHARDS` (shown by `/admin/cluster` on a single node too).
     pub shards: i64,
+    /// `SURGE_CORS_ORIGINS`: browser origins allowed to call the API; empty: CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 /// Where events are published.
@@ -161,7 +163,7 @@ const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 28] = [
+const VARIABLES: [&str; 29] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -190,6 +192,7 @@ const VARIABLES: [&str; 28] = [
     "SURGE_CLUSTER_SECRET",
     "SURGE_SHARDS",
     "SURGE_LEASE_MS",
+    "SURGE_CORS_ORIGINS",
 ];
 
 /// What [`ConfigError::variable`] says about an error no single variable caused.
@@ -354,6 +357,42 @@ pub struct ServeArgs {
     #[arg(long, env = "SURGE_LEASE_MS", default_value = "3000",
           value_parser = or_default("3000", number(600, 60_000)))]
     pub lease_ms: u64,
+
+    /// Browser origins allowed to call the API with CORS, comma-separated, e.g.
+    /// https://shop.example [default: none: CORS off].
+    #[arg(long, env = "SURGE_CORS_ORIGINS", default_value = "", hide_default_value = true,
+          value_parser = parse_origins)]
+    pub cors_origins: Origins,
+}
+
+/// `SURGE_CORS_ORIGINS`, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(pub Vec<String>);
+
+/// Longest accepted origin.
+const MAX_ORIGIN_CHARS: usize = 255;
+
+fn parse_origins(raw: &str) -> Result<Origins, String> {
+    let mut origins = Vec::new();
+    for origin in raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let rest = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .ok_or_else(|| format!("'{origin}' must start with https:// or http://"))?;
+        let valid = !rest.is_empty()
+            && origin.len() <= MAX_ORIGIN_CHARS
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !valid {
+            return Err(format!(
+                "'{origin}' is not an origin like https://shop.example or http://localhost:3000 \
+                 (scheme, host and port only; no path, no wildcard)"
+            ));
+        }
+        origins.push(origin.to_owned());
+    }
+    Ok(Origins(origins))
 }
 
 impl ServeArgs {
@@ -452,6 +491,7 @@ impl ServeArgs {
             }
         };
         Ok(Config {
+            cors_origins: self.cors_origins.0,
             cluster,
             shards,
             http_addr: self.http_addr,
@@ -686,6 +726,20 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_listed_origins() {
+        let c = config(&[(
+            "SURGE_CORS_ORIGINS",
+            "https://shop.example, http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.cors_origins,
+            vec!["https://shop.example", "http://localhost:3000"]
+        );
+        assert!(config(&[]).unwrap().cors_origins.is_empty());
+    }
+
+    #[test]
     fn defaults_are_embedded_and_local() {
         let c = config(&[]).unwrap();
         assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
@@ -708,6 +762,24 @@ mod tests {
                 "SURGE_JWT_SECRET",
             ),
             (&[("SURGE_JWT_SECRET", "short")], "SURGE_JWT_SECRET"),
+            (
+                &[("SURGE_CORS_ORIGINS", "shop.example")],
+                "SURGE_CORS_ORIGINS",
+            ),
+            (
+                &[("SURGE_CORS_ORIGINS", "https://*.example")],
+                "SURGE_CORS_ORIGINS",
+            ),
+            (
+                &[("SURGE_CORS_ORIGINS", "https://shop.example/path")],
+                "SURGE_CORS_ORIGINS",
+            ),
+            (&[("SURGE_NODE_ID", "a node")], "SURGE_NODE_ID"),
+            (&[("SURGE_SHARDS", "0")], "SURGE_SHARDS"),
+            (
+                &[("SURGE_CLUSTER_ADDR", "127.0.0.1:9000")],
+                "SURGE_CLUSTER_ADDR",
+            ),
             (
                 &[("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "admin")],
                 "SURGE_BOOTSTRAP_ADMIN_PASSWORD",

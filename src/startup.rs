@@ -297,6 +297,7 @@ impl Application {
             },
             coupons,
             items: Arc::default(),
+            cors_origins: config.cors_origins.clone().into(),
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;

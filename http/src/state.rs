@@ -36,6 +36,8 @@ pub struct AppState {
     pub my_page: MyPageProjection,
     /// Which node this is, and its cluster (if any).
     pub node: NodeInfo,
+    /// `SURGE_CORS_ORIGINS`: browser origins allowed to call the API (empty: CORS off).
+    pub cors_origins: Arc<[String]>,
 }
 
 /// Which node answers, for `x-surge-node` and the admin pages.

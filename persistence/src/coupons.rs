@@ -39,8 +39,7 @@ pub struct CouponRecord {
 
 const ISSUE_COLUMNS: &str = "coupon_id, user_id, status, issued_at, idem_key";
 
-const COUPON_COLUMNS: &str =
-    "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second, \
+const COUPON_COLUMNS: &str = "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second, \
      min_account_age_ms";
 
 /// One coupon handed to one member, to be written.

@@ -190,3 +190,71 @@ on_both_backends! {
     }
 }
 
+/// CORS is off unless origins are configured, and then answers only those origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_the_configured_origins() {
+    use crate::helpers::Backend;
+    let preflight = |app: &TestApp, origin: &str| {
+        app.request(reqwest::Method::OPTIONS, "/api/v1/orders")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key",
+            )
+            .send()
+    };
+    let off = TestApp::spawn(Backend::Sqlite).await;
+    let answer = preflight(&off, "https://shop.example").await.unwrap();
+    assert!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    let plain = off
+        .get("/health/live")
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers().get("access-control-allow-origin").is_none());
+
+    let on = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("SURGE_CORS_ORIGINS", "https://shop.example")],
+    )
+    .await;
+    let allowed = preflight(&on, "https://shop.example").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight(&on, "https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let read = on
+        .get("/health/live")
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let exposed = read.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(exposed.contains("x-surge-node"), "{exposed}");
+}

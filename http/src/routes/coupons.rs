@@ -294,7 +294,11 @@ const MAX_MIN_ACCOUNT_AGE_SECS: i64 = 365 * 24 * 3_600;
 /// Refuses a member whose account is younger than the coupon asks, before anything is held or
 /// written: 403 `NOT_ELIGIBLE`. Costs a read only for coupons that have the rule.
 async fn check_eligible(state: &AppState, coupon_id: i64, user_id: UserId) -> Result<(), ApiError> {
-    let coupon = state.coupons.definition(coupon_id).await.map_err(coupon_error)?;
+    let coupon = state
+        .coupons
+        .definition(coupon_id)
+        .await
+        .map_err(coupon_error)?;
     let Some(min_age) = coupon.def.min_account_age_ms else {
         return Ok(());
     };
