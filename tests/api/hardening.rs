@@ -190,6 +190,37 @@ on_both_backends! {
     }
 }
 
+/// A refresh by cookie from another site's page is refused before the token is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_refresh_from_another_origin_is_refused() {
+    use crate::helpers::Backend;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("SURGE_CORS_ORIGINS", "https://shop.example")],
+    )
+    .await;
+    let user = app.new_user().await;
+    let cookie = format!("refresh_token={}", user.refresh);
+    let refresh = |origin: Option<&str>| {
+        let mut request = app
+            .post("/api/v1/auth/refresh")
+            .header("cookie", cookie.clone());
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        send(request)
+    };
+    assert_error(
+        &refresh(Some("https://evil.example")).await,
+        403,
+        "FORBIDDEN",
+    );
+    // The refused attempt spent nothing: a configured origin refreshes with the same cookie.
+    let (status, body) = refresh(Some("https://shop.example")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["accessToken"].is_string());
+}
+
 /// CORS is off unless origins are configured, and then answers only those origins.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_answers_only_the_configured_origins() {

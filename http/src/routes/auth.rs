@@ -104,11 +104,12 @@ pub async fn login(
     Ok(token_response(tokens))
 }
 
-fn refresh_token_from(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
+/// The presented refresh token, and whether it came from the cookie.
+fn refresh_token_from(headers: &HeaderMap, body: &Bytes) -> Result<(String, bool), ApiError> {
     if !body.iter().all(u8::is_ascii_whitespace) {
         let req: RefreshRequest = serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid refresh request: {e}")))?;
-        return Ok(req.refresh_token);
+        return Ok((req.refresh_token, false));
     }
     headers
         .get_all(header::COOKIE)
@@ -117,20 +118,44 @@ fn refresh_token_from(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiEr
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == REFRESH_COOKIE)
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| (value.to_owned(), true))
         .ok_or(ApiError::Unauthenticated("a refresh token is required"))
+}
+
+/// Whether a cookie refresh comes from this API's own origin or a `SURGE_CORS_ORIGINS` one.
+/// A browser sends `Origin` on every POST, so a page on another site that makes the browser
+/// send the cookie (where `SameSite` does not stop it) is refused before the token is spent;
+/// a client that is not a browser sends no `Origin` and passes.
+fn same_or_allowed_origin(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if allowed.iter().any(|o| o == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
 }
 
 /// Trade a refresh token for new tokens. The presented token is spent; presenting it again
 /// revokes the whole login.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody, description = "a cookie refresh from another origin")))]
 pub async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let presented = refresh_token_from(&headers, &body)?;
+    let (presented, from_cookie) = refresh_token_from(&headers, &body)?;
+    if from_cookie && !same_or_allowed_origin(&headers, &state.cors_origins) {
+        return Err(ApiError::Forbidden(
+            "a refresh with the cookie must come from this site or a configured origin",
+        ));
+    }
     let next = random_token();
     let now = now_millis();
     let outcome = state
