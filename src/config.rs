@@ -153,6 +153,9 @@ pub struct RedisSettings {
     /// `SURGE_REDIS_TIMEOUT_MS`: a Redis call slower than this fails (and counts against the
     /// breaker).
     pub timeout: Duration,
+    /// `SURGE_REDIS_TAKE_OVER`: the prefix's keys belong to another database; delete them and
+    /// use the prefix for this one (without it such a node refuses to start).
+    pub take_over: bool,
 }
 
 /// Shortest accepted `SURGE_CLUSTER_SECRET`: a key that authenticates stock operations must
@@ -163,7 +166,7 @@ const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 29] = [
+const VARIABLES: [&str; 30] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -193,6 +196,7 @@ const VARIABLES: [&str; 29] = [
     "SURGE_SHARDS",
     "SURGE_LEASE_MS",
     "SURGE_CORS_ORIGINS",
+    "SURGE_REDIS_TAKE_OVER",
 ];
 
 /// What [`ConfigError::variable`] says about an error no single variable caused.
@@ -307,6 +311,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SURGE_REDIS_TIMEOUT_MS", default_value = "1000",
           value_parser = or_default("1000", number(10, 60_000)))]
     pub redis_timeout_ms: u64,
+
+    /// The key prefix holds another database's coupons: delete them and take the prefix over
+    /// (with --redis-url). Without it, such a node refuses to start.
+    #[arg(long, env = "SURGE_REDIS_TAKE_OVER", default_value = "false",
+          action = clap::ArgAction::Set, value_parser = or_default("false", parse_bool))]
+    pub redis_take_over: bool,
 
     /// Kafka brokers (host:port,…): the outbox relay publishes every event there and the
     /// read-model consumers read from it [default: none: events flow in-process]. Needs a
@@ -448,6 +458,7 @@ impl ServeArgs {
             key_prefix: self.redis_key_prefix,
             claim_idle: Duration::from_millis(self.coupon_claim_idle_ms),
             timeout: Duration::from_millis(self.redis_timeout_ms),
+            take_over: self.redis_take_over,
         });
         if self.stock_strategy == StockStrategy::RedisDecr && redis.is_none() {
             return Err(invalid(
@@ -605,6 +616,14 @@ fn parse_addr(raw: &str) -> Result<SocketAddr, String> {
     raw.trim()
         .parse::<SocketAddr>()
         .map_err(|_| format!("'{raw}' is not an address like {DEFAULT_HTTP_ADDR}"))
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err("must be true or false".to_owned()),
+    }
 }
 
 fn parse_text(raw: &str) -> Result<String, String> {

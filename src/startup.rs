@@ -69,6 +69,18 @@ pub enum StartupError {
     /// The node could not join its cluster.
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    /// The Redis key prefix holds another database's coupons.
+    #[error(
+        "redis: SURGE_REDIS_KEY_PREFIX '{prefix}' holds the coupons of another database \
+         ({owner}); use another prefix, or set SURGE_REDIS_TAKE_OVER=true to delete them and \
+         take the prefix over"
+    )]
+    ForeignRedisPrefix {
+        /// The prefix.
+        prefix: String,
+        /// The identity of the database that owns it.
+        owner: String,
+    },
 }
 
 impl StartupError {
@@ -76,6 +88,7 @@ impl StartupError {
     /// cluster's, a node id a live node uses) rather than by a failure.
     pub fn is_refusal(&self) -> bool {
         matches!(self, Self::Cluster(e) if e.is_refusal())
+            || matches!(self, Self::ForeignRedisPrefix { .. })
     }
 }
 
@@ -195,6 +208,7 @@ impl Application {
                 )
                 .await
                 .map_err(|e| StartupError::Redis(e.to_string()))?;
+                claim_redis_prefix(&db, &redis, &settings.key_prefix, settings.take_over).await?;
                 let breaker = circuits.get_or_create("redis", CircuitConfig::default());
                 let writer = IssueWriter::start(
                     redis.clone(),
@@ -583,6 +597,37 @@ impl Background {
 impl Drop for Background {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+    }
+}
+
+/// Ties the Redis key prefix to this database (see [`RedisCoupons::claim_prefix`]): a prefix
+/// another database owns stops the node, unless it was told to take the prefix over.
+async fn claim_redis_prefix(
+    db: &Database,
+    redis: &RedisCoupons,
+    prefix: &str,
+    take_over: bool,
+) -> Result<(), StartupError> {
+    use surge_persistence::redis_coupons::PrefixClaim;
+    let identity = db.identity(&surge_http::auth::random_token()).await?;
+    match redis
+        .claim_prefix(&identity, take_over)
+        .await
+        .map_err(|e| StartupError::Redis(e.to_string()))?
+    {
+        PrefixClaim::Claimed | PrefixClaim::Ours => Ok(()),
+        PrefixClaim::TakenOver { deleted } => {
+            tracing::warn!(
+                prefix,
+                deleted,
+                "took the Redis key prefix over from another database"
+            );
+            Ok(())
+        }
+        PrefixClaim::Foreign { owner } => Err(StartupError::ForeignRedisPrefix {
+            prefix: prefix.to_owned(),
+            owner,
+        }),
     }
 }
 

@@ -188,6 +188,23 @@ impl Database {
         self.pool.begin_with(self.begin_write_statement()).await
     }
 
+    /// This database's identity: the first node to ask stores `candidate` (a random id), every
+    /// later one reads it back. It names the database in state kept elsewhere (Redis).
+    pub async fn identity(&self, candidate: &str) -> Result<String, PersistenceError> {
+        sqlx::query(
+            "INSERT INTO deployment (name, value) VALUES ('identity', $1) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(candidate)
+        .execute(&self.pool)
+        .await?;
+        let (identity,): (String,) =
+            sqlx::query_as("SELECT value FROM deployment WHERE name = 'identity'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(identity)
+    }
+
     /// A cheap round trip, for readiness checks.
     pub async fn ping(&self) -> Result<(), PersistenceError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

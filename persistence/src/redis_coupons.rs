@@ -153,6 +153,28 @@ fn parse_entry(entry: &StreamId) -> StreamIssue {
     }
 }
 
+/// Keys asked for per `SCAN` page when a prefix is taken over.
+const SCAN_PAGE: u64 = 500;
+
+/// How [`RedisCoupons::claim_prefix`] found the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrefixClaim {
+    /// It had no owner: it is this database's now.
+    Claimed,
+    /// It was this database's already.
+    Ours,
+    /// Another database owns it; nothing was changed.
+    Foreign {
+        /// That database's identity.
+        owner: String,
+    },
+    /// Another database owned it; its keys were deleted and the prefix is this one's.
+    TakenOver {
+        /// Keys deleted.
+        deleted: u64,
+    },
+}
+
 impl RedisCoupons {
     /// Connects (failing fast when Redis does not answer) and loads the issue script.
     /// `timeout` bounds every call.
@@ -177,6 +199,88 @@ impl RedisCoupons {
         let _: String = redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(ISSUE_SCRIPT)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The key that names the database this prefix's keys belong to.
+    pub fn owner_key(&self) -> String {
+        format!("{}:database", self.prefix)
+    }
+
+    /// Claims this prefix for the database `identity`. Keys under a prefix name their
+    /// database, so a node on a fresh database never reads another database's coupons (sold
+    /// out, phantom holders) or drains its issue stream. A prefix without an owner (keys
+    /// written before owners existed) is adopted. A prefix owned by another database is
+    /// refused, unless `take_over`: then every key under it is deleted first.
+    pub async fn claim_prefix(
+        &self,
+        identity: &str,
+        take_over: bool,
+    ) -> Result<PrefixClaim, RedisError> {
+        let mut conn = self.conn.clone();
+        let key = self.owner_key();
+        let set: bool = redis::cmd("SET")
+            .arg(&key)
+            .arg(identity)
+            .arg("NX")
+            .query_async::<Option<String>>(&mut conn)
+            .await?
+            .is_some();
+        if set {
+            return Ok(PrefixClaim::Claimed);
+        }
+        let owner: Option<String> = conn.get(&key).await?;
+        if owner.as_deref() == Some(identity) {
+            return Ok(PrefixClaim::Ours);
+        }
+        if !take_over {
+            return Ok(PrefixClaim::Foreign {
+                owner: owner.unwrap_or_default(),
+            });
+        }
+        let deleted = self.delete_prefix().await?;
+        let _: () = conn.set(&key, identity).await?;
+        Ok(PrefixClaim::TakenOver { deleted })
+    }
+
+    /// Deletes every key under the prefix (take-over), a scan page at a time.
+    async fn delete_prefix(&self) -> Result<u64, RedisError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}:*", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_PAGE)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut conn)
+                    .await?;
+                deleted += n;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Removes a coupon's keys: a coupon being created starts from its definition alone,
+    /// whatever an earlier database left under its id.
+    pub async fn forget_coupon(&self, coupon_id: i64) -> Result<(), RedisError> {
+        let mut conn = self.conn.clone();
+        let _: u64 = redis::cmd("DEL")
+            .arg(self.coupon_key(coupon_id))
+            .arg(self.holders_key(coupon_id))
             .query_async(&mut conn)
             .await?;
         Ok(())

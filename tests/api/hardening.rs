@@ -289,3 +289,80 @@ async fn cors_answers_only_the_configured_origins() {
         .to_owned();
     assert!(exposed.contains("x-surge-node"), "{exposed}");
 }
+
+/// A node on a fresh database pointed at a Redis prefix that holds another database's coupons
+/// refuses to start, unless told to take it over; then its coupons start clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_belong_to_one_database() {
+    use crate::helpers::{Backend, TestDatabase, redis_settings};
+    let shared = redis_settings();
+    let with = |extra: &[(&'static str, String)]| {
+        let mut settings = shared.clone();
+        settings.extend_from_slice(extra);
+        settings
+    };
+    // The first database fills coupon 1 under the prefix.
+    let mut first_db = TestDatabase::create(Backend::Sqlite).await;
+    first_db.settings = with(&[]);
+    let first = TestApp::spawn_on(first_db).await;
+    let admin = first.admin().await;
+    let (status, coupon) = send(
+        first
+            .post("/api/v1/coupons")
+            .bearer_auth(&admin.access)
+            .json(&json!({
+                "name": "Drop", "discountRate": 10, "quantity": 3
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{coupon}");
+    let id = coupon["couponId"].as_i64().unwrap();
+    for _ in 0..3 {
+        let member = first.new_user().await;
+        let (status, body) = send(
+            first
+                .post(&format!("/api/v1/coupons/{id}/issue"))
+                .bearer_auth(&member.access),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    first.stop().await;
+
+    // A fresh database, the same prefix: refused, and nothing under the prefix changed.
+    let mut second_db = TestDatabase::create(Backend::Sqlite).await;
+    second_db.settings = with(&[]);
+    let refused = surge::Application::build(second_db.config()).await;
+    let err = refused.expect_err("a node on another database must not start on this prefix");
+    assert!(err.is_refusal(), "{err}");
+    assert!(err.to_string().contains("SURGE_REDIS_TAKE_OVER"), "{err}");
+
+    // Told to take it over: coupon 1 of the new database is its own, not sold out, no phantom
+    // holders.
+    second_db.settings = with(&[("SURGE_REDIS_TAKE_OVER", "true".into())]);
+    let second = TestApp::spawn_on(second_db).await;
+    let admin = second.admin().await;
+    let (status, coupon) = send(
+        second
+            .post("/api/v1/coupons")
+            .bearer_auth(&admin.access)
+            .json(&json!({
+                "name": "Fresh drop", "discountRate": 10, "quantity": 3
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{coupon}");
+    assert_eq!(coupon["couponId"], id, "the new database reuses the id");
+    for _ in 0..3 {
+        let member = second.new_user().await;
+        let (status, body) = send(
+            second
+                .post(&format!("/api/v1/coupons/{id}/issue"))
+                .bearer_auth(&member.access),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (_, read) = send(second.get(&format!("/api/v1/coupons/{id}"))).await;
+    assert_eq!(read["remaining"], 0);
+}

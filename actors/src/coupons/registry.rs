@@ -173,6 +173,14 @@ impl CouponActors {
     /// Puts a new coupon in service at once (in Redis mode its counters are seeded now, so
     /// issuing needs no loading step).
     pub async fn open(&self, coupon_id: i64) -> Result<(), CouponError> {
+        // A new coupon starts from its definition alone: whatever keys Redis holds under its
+        // id are not this coupon's.
+        if let CouponStore::Redis { redis, .. } = &self.store {
+            redis
+                .forget_coupon(coupon_id)
+                .await
+                .map_err(|e| CouponError::Unavailable(e.to_string()))?;
+        }
         self.actor(coupon_id).await.map(|_| ())
     }
 
