@@ -153,8 +153,36 @@ fn parse_entry(entry: &StreamId) -> StreamIssue {
     }
 }
 
-/// Keys asked for per `SCAN` page when a prefix is taken over.
+/// Keys asked for per `SCAN` page when a prefix is deleted.
 const SCAN_PAGE: u64 = 500;
+
+/// Deletes every key under `prefix` (`<prefix>:*`), a scan page at a time; returns how many.
+async fn delete_keys_under(
+    conn: &mut impl redis::aio::ConnectionLike,
+    prefix: &str,
+) -> Result<u64, RedisError> {
+    let pattern = format!("{prefix}:*");
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(SCAN_PAGE)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(conn).await?;
+            deleted += n;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
 
 /// How [`RedisCoupons::claim_prefix`] found the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,33 +273,10 @@ impl RedisCoupons {
         Ok(PrefixClaim::TakenOver { deleted })
     }
 
-    /// Deletes every key under the prefix (take-over), a scan page at a time.
+    /// Deletes every key under the prefix (take-over).
     async fn delete_prefix(&self) -> Result<u64, RedisError> {
         let mut conn = self.conn.clone();
-        let pattern = format!("{}:*", self.prefix);
-        let mut cursor: u64 = 0;
-        let mut deleted = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(SCAN_PAGE)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async(&mut conn)
-                    .await?;
-                deleted += n;
-            }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
-        }
+        delete_keys_under(&mut conn, &self.prefix).await
     }
 
     /// Removes a coupon's keys: a coupon being created starts from its definition alone,
