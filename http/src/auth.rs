@@ -18,6 +18,7 @@ use surge_persistence::now_millis;
 use crate::cursor::Cursors;
 use crate::error::ApiError;
 use crate::password::{PasswordWorkers, hash_now};
+use crate::refresh_grace::RefreshGrace;
 
 /// Lifetime of an access token. Short, because a stolen one works until it expires unless its
 /// login is revoked; it is also how long a revocation must stay on the denylist.
@@ -69,7 +70,7 @@ impl Caller {
 }
 
 /// A fresh access and refresh token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IssuedTokens {
     /// Signed JWT.
     pub access_token: String,
@@ -94,6 +95,8 @@ pub struct AuthService {
     passwords: PasswordWorkers,
     /// Signs list cursors (key derived from the same secret).
     cursors: Cursors,
+    /// Racing refreshes of one token share the winner's pair.
+    refresh_grace: RefreshGrace,
 }
 
 impl std::fmt::Debug for AuthService {
@@ -124,7 +127,13 @@ impl AuthService {
             dummy_hash,
             passwords,
             cursors: Cursors::new(key),
+            refresh_grace: RefreshGrace::default(),
         })
+    }
+
+    /// Racing refreshes of one token.
+    pub fn refresh_grace(&self) -> &RefreshGrace {
+        &self.refresh_grace
     }
 
     /// List cursors, signed with this deployment's key.

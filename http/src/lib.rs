@@ -9,6 +9,7 @@ mod extract;
 pub mod item_cache;
 pub mod metrics;
 mod password;
+pub mod refresh_grace;
 mod routes;
 mod state;
 use surge_domain::time_fmt;

@@ -19,6 +19,9 @@ pub enum Rotation {
         /// Its member.
         user_id: UserId,
     },
+    /// The token was rotated within the grace (a racing refresh): nothing changed; the
+    /// caller may hand out the pair the winner made, if it has it.
+    Raced,
     /// The token had already been used: the session is now revoked.
     Reused {
         /// The revoked session.
@@ -72,6 +75,7 @@ impl Database {
         new_hash: &str,
         now: i64,
         new_expires_at: i64,
+        grace_ms: i64,
     ) -> Result<Rotation, PersistenceError> {
         let mut tx = self.begin_write().await?;
         let spent = sqlx::query(
@@ -106,9 +110,14 @@ impl Database {
             .bind(old_hash)
             .fetch_optional(&mut *tx)
             .await?;
-            if rotated.is_none() {
+            let Some((rotated_at,)) = rotated else {
                 tx.commit().await?;
                 return Ok(Rotation::Invalid);
+            };
+            if now - rotated_at <= grace_ms {
+                // Racing the refresh that rotated it: not a reuse.
+                tx.commit().await?;
+                return Ok(Rotation::Raced);
             }
             revoke_in(&mut tx, &session_id, now).await?;
             tx.commit().await?;

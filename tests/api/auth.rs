@@ -36,7 +36,9 @@ on_both_backends! {
         assert_ne!(new_refresh, user.refresh);
         assert_eq!(me_status(&app, &new_access).await, StatusCode::OK);
 
-        // The spent token is refused, and presenting it kills the whole login.
+        // Once the grace for racing refreshes is over, the spent token is refused, and
+        // presenting it kills the whole login.
+        tokio::time::sleep(surge_http::refresh_grace::REFRESH_GRACE + std::time::Duration::from_millis(100)).await;
         assert_error(&refresh(&app, &user.refresh).await, 401, "UNAUTHENTICATED");
         assert_error(&refresh(&app, &new_refresh).await, 401, "UNAUTHENTICATED");
         assert_eq!(me_status(&app, &new_access).await, StatusCode::UNAUTHORIZED);
@@ -46,6 +48,18 @@ on_both_backends! {
         let (status, again) = app.login(&user.login_id, &user.password).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(me_status(&app, again["accessToken"].as_str().unwrap()).await, StatusCode::OK);
+    }
+
+    async fn racing_refreshes_of_one_token_share_the_new_pair(app: TestApp) {
+        let user = app.new_user().await;
+        let (a, b) = tokio::join!(refresh(&app, &user.refresh), refresh(&app, &user.refresh));
+        assert_eq!(a.0, StatusCode::OK, "{}", a.1);
+        assert_eq!(b.0, StatusCode::OK, "{}", b.1);
+        assert_eq!(a.1["refreshToken"], b.1["refreshToken"], "one new pair for both");
+        // The login lives on: the new tokens work, and the new refresh token rotates.
+        assert_eq!(me_status(&app, b.1["accessToken"].as_str().unwrap()).await, StatusCode::OK);
+        let (status, next) = refresh(&app, a.1["refreshToken"].as_str().unwrap()).await;
+        assert_eq!(status, StatusCode::OK, "{next}");
     }
 
     async fn refresh_works_from_the_cookie(app: TestApp) {

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{IssuedTokens, REFRESH_TOKEN_TTL, random_token, refresh_token_hash};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, Authenticated};
+use crate::refresh_grace::REFRESH_GRACE;
 use crate::state::AppState;
 
 /// Name of the cookie that carries the refresh token for browsers.
@@ -158,13 +159,17 @@ pub async fn refresh(
     }
     let next = random_token();
     let now = now_millis();
+    let presented_hash = refresh_token_hash(&presented);
+    let grace = state.auth.refresh_grace().join(&presented_hash);
+    let grace_ms = i64::try_from(REFRESH_GRACE.as_millis()).unwrap_or(i64::MAX);
     let outcome = state
         .db
         .rotate_refresh_token(
-            &refresh_token_hash(&presented),
+            &presented_hash,
             &refresh_token_hash(&next),
             now,
             now + refresh_ttl_millis(),
+            grace_ms,
         )
         .await?;
     match outcome {
@@ -179,8 +184,17 @@ pub async fn refresh(
                 .ok_or(ApiError::Unauthenticated("this member no longer exists"))?;
             let mut tokens = state.auth.issue(user.id, user.role, &session_id)?;
             tokens.refresh_token = next;
+            grace.publish(&tokens);
             Ok(token_response(tokens))
         }
+        // A refresh racing the one that rotated this token gets the same pair when this node
+        // made it; otherwise (the winner ran on another node) a plain 401, and the login lives.
+        Rotation::Raced => match grace.winner().await {
+            Some(tokens) => Ok(token_response(tokens)),
+            None => Err(ApiError::Unauthenticated(
+                "this refresh token was just used; use the tokens that refresh returned",
+            )),
+        },
         Rotation::Reused { session_id } => {
             state.auth.deny_session(&session_id, now);
             tracing::warn!("refresh token reused; login revoked");
