@@ -49,7 +49,7 @@ pub use state::{AppState, NodeInfo, OrderServices};
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonAnswers),
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -68,6 +68,83 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Adds to every operation the answers any route of its kind can give besides its own (so the
+/// document lists every status a client can see), and gives every operation a unique id
+/// derived from its method and path (`get_orders_orderId`).
+struct CommonAnswers;
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, HttpMethod, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in &mut openapi.paths.paths {
+            let methods = [
+                (HttpMethod::Get, &mut item.get),
+                (HttpMethod::Post, &mut item.post),
+            ];
+            for (method, operation) in methods {
+                let Some(operation) = operation else { continue };
+                let name = path
+                    .trim_start_matches("/api/v1/")
+                    .trim_start_matches('/')
+                    .replace(['{', '}'], "")
+                    .replace(['/', '.', '-'], "_");
+                let verb = if matches!(method, HttpMethod::Get) {
+                    "get"
+                } else {
+                    "post"
+                };
+                operation.operation_id = Some(format!("{verb}_{name}"));
+                let answers = &mut operation.responses.responses;
+                let mut add = |status: &str, description: &str| {
+                    answers
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    add(
+                        "401",
+                        "UNAUTHENTICATED: a missing, invalid, expired or revoked token",
+                    );
+                }
+                if operation.request_body.is_some() {
+                    add(
+                        "400",
+                        "VALIDATION_FAILED: malformed JSON, a wrong type, an unknown or missing field, a broken rule (details.field)",
+                    );
+                    add("413", "PAYLOAD_TOO_LARGE: the body is over 64 KiB");
+                    add(
+                        "415",
+                        "UNSUPPORTED_MEDIA_TYPE: the body is not application/json",
+                    );
+                }
+                if path.contains('{') {
+                    add(
+                        "400",
+                        "VALIDATION_FAILED: a path parameter that is not a number",
+                    );
+                }
+                if !path.starts_with("/health") {
+                    add(
+                        "503",
+                        "UNAVAILABLE or OVERLOADED: a dependency failed or the node is full; retry after Retry-After",
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -190,6 +190,49 @@ on_both_backends! {
     }
 }
 
+/// The OpenAPI document lists, for every operation, the statuses any route of its kind can
+/// answer, and names every operation once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_status_and_unique_operation_ids() {
+    let app = TestApp::spawn(crate::helpers::Backend::Sqlite).await;
+    let (status, doc) = send(app.get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut ids = std::collections::HashSet::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations += 1;
+            let id = operation["operationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(!id.is_empty(), "{method} {path} has no operationId");
+            assert!(ids.insert(id.clone()), "operationId {id} twice");
+            let answers = operation["responses"].as_object().unwrap();
+            let has = |s: &str| answers.contains_key(s);
+            if operation
+                .get("security")
+                .and_then(Value::as_array)
+                .is_some_and(|s| !s.is_empty())
+            {
+                assert!(has("401"), "{method} {path} lacks 401");
+            }
+            if operation.get("requestBody").is_some() {
+                for s in ["400", "413", "415"] {
+                    assert!(has(s), "{method} {path} lacks {s}");
+                }
+            }
+            if path.contains('{') {
+                assert!(has("400"), "{method} {path} lacks 400");
+            }
+            if !path.starts_with("/health") {
+                assert!(has("503"), "{method} {path} lacks 503");
+            }
+        }
+    }
+    assert!(operations >= 29, "{operations} operations");
+}
+
 /// A refresh by cookie from another site's page is refused before the token is spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_refresh_from_another_origin_is_refused() {
