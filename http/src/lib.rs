@@ -45,7 +45,7 @@ pub use state::{AppState, NodeInfo, OrderServices};
         routes::coupons::queue_me, routes::coupons::mine,
         routes::my_page::get,
         routes::admin::actors, routes::admin::circuits, routes::admin::outbox,
-        routes::admin::cluster, routes::admin::cluster_item,
+        routes::admin::cluster, routes::admin::cluster_item, routes::admin::verify_member,
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
     components(schemas(ErrorBody)),
@@ -180,6 +180,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/admin/cluster/items/{itemId}",
             get(admin::cluster_item),
+        )
+        .route(
+            "/api/v1/admin/users/{userId}/verify",
+            post(admin::verify_member),
         )
         .route("/api/v1/my-page", get(my_page::get))
         .route("/health/live", get(ops::live))

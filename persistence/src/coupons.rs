@@ -25,6 +25,8 @@ pub struct NewCoupon {
     pub admit_per_second: Option<i64>,
     /// Youngest account (ms since sign-up) that may be issued the coupon; `None`: anyone.
     pub min_account_age_ms: Option<i64>,
+    /// 1: only members an ADMIN verified may be issued it; 0: anyone.
+    pub verified_only: i64,
 }
 
 /// A coupon definition as stored.
@@ -40,7 +42,7 @@ pub struct CouponRecord {
 const ISSUE_COLUMNS: &str = "coupon_id, user_id, status, issued_at, idem_key";
 
 const COUPON_COLUMNS: &str = "id, name, description, item_id, discount_tenths, quantity, opens_at, admit_per_second, \
-     min_account_age_ms";
+     min_account_age_ms, verified_only";
 
 /// One coupon handed to one member, to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,8 +203,8 @@ impl Database {
         }
         let row: CouponRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO coupons (name, description, item_id, discount_tenths, quantity, opens_at, \
-             admit_per_second, created_at, min_account_age_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             admit_per_second, created_at, min_account_age_ms, verified_only) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              RETURNING {COUPON_COLUMNS}"
         )))
         .bind(&c.name)
@@ -214,6 +216,7 @@ impl Database {
         .bind(c.admit_per_second)
         .bind(now_millis())
         .bind(c.min_account_age_ms)
+        .bind(c.verified_only)
         .fetch_one(self.pool())
         .await?;
         Ok(row)

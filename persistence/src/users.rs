@@ -126,3 +126,34 @@ impl Database {
         row.map(TryInto::try_into).transpose()
     }
 }
+
+impl Database {
+    /// Marks a member verified (ADMIN): coupons for verified members only may be issued to
+    /// them. Returns when, or `None` when there is no such member. Verifying twice keeps the
+    /// first time.
+    pub async fn verify_user(&self, user_id: UserId) -> Result<Option<i64>, PersistenceError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE users SET verified_at = $1 WHERE id = $2 AND verified_at IS NULL")
+            .bind(now_millis())
+            .bind(user_id.get())
+            .execute(&mut *tx)
+            .await?;
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT verified_at FROM users WHERE id = $1")
+                .bind(user_id.get())
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(row.and_then(|(at,)| at))
+    }
+
+    /// When a member was verified, if ever (`None` also when there is no such member).
+    pub async fn verified_at(&self, user_id: UserId) -> Result<Option<i64>, PersistenceError> {
+        let row: Option<(Option<i64>,)> =
+            sqlx::query_as("SELECT verified_at FROM users WHERE id = $1")
+                .bind(user_id.get())
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.and_then(|(at,)| at))
+    }
+}

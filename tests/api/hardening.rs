@@ -188,6 +188,30 @@ on_both_backends! {
         assert_error(&bad, 400, "VALIDATION_FAILED");
         assert_eq!(bad.1["details"]["field"], "minAccountAgeSeconds");
     }
+
+    async fn a_coupon_for_verified_members_refuses_the_others(app: TestApp) {
+        let admin = app.admin().await;
+        let (status, coupon) = send(app.post("/api/v1/coupons").bearer_auth(&admin.access).json(&json!({
+            "name": format!("Verified {}", uuid::Uuid::new_v4().simple()),
+            "discountRate": 10, "quantity": 5, "verifiedOnly": true
+        })))
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{coupon}");
+        assert_eq!(coupon["verifiedOnly"], true);
+        let id = coupon["couponId"].as_i64().unwrap();
+        let member = app.new_user().await;
+        let issue = || send(app.post(&format!("/api/v1/coupons/{id}/issue")).bearer_auth(&member.access));
+        assert_error(&issue().await, 403, "NOT_ELIGIBLE");
+        // Only an ADMIN verifies; then the member is eligible.
+        let path = format!("/api/v1/admin/users/{}/verify", member.user_id);
+        assert_error(&send(app.post(&path).bearer_auth(&member.access)).await, 403, "FORBIDDEN");
+        assert_error(&send(app.post("/api/v1/admin/users/999999999/verify").bearer_auth(&admin.access)).await, 404, "NOT_FOUND");
+        let (status, verified) = send(app.post(&path).bearer_auth(&admin.access)).await;
+        assert_eq!(status, StatusCode::OK, "{verified}");
+        assert_eq!(verified["userId"], member.user_id);
+        let (status, issued) = issue().await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+    }
 }
 
 /// The OpenAPI document lists, for every operation, the statuses any route of its kind can

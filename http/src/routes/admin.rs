@@ -4,7 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use crate::error::ErrorBody;
+use surge_domain::UserId;
+
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Admin, ApiPath};
 use crate::state::AppState;
 
@@ -105,4 +107,28 @@ pub async fn cluster_item(
         "epoch": 0,
         "servedHere": true,
     }))
+}
+
+/// Marks a member verified (whatever the shop checks): coupons with `verifiedOnly` may then be
+/// issued to them. Verifying twice keeps the first time.
+#[utoipa::path(post, path = "/api/v1/admin/users/{userId}/verify", tag = "admin",
+    security(("bearer" = [])),
+    params(("userId" = i64, Path, description = "member id")),
+    responses((status = 200, description = "{userId, verifiedAt}"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn verify_member(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    ApiPath(user_id): ApiPath<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = UserId::parse(user_id, "userId").map_err(|_| ApiError::NotFound("member"))?;
+    let verified_at = state
+        .db
+        .verify_user(user_id)
+        .await?
+        .ok_or(ApiError::NotFound("member"))?;
+    Ok(Json(json!({
+        "userId": user_id.get(),
+        "verifiedAt": surge_domain::time_fmt::rfc3339(verified_at),
+    })))
 }

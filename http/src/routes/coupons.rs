@@ -54,6 +54,9 @@ pub struct CreateCouponRequest {
     /// Only members whose account is at least this old (0–31,536,000 s) may be issued it;
     /// younger ones are refused 403 `NOT_ELIGIBLE` (accounts made in bulk for a drop).
     min_account_age_seconds: Option<i64>,
+    /// Only members an ADMIN verified (`POST /admin/users/{id}/verify`) may be issued it;
+    /// others are refused 403 `NOT_ELIGIBLE`.
+    verified_only: Option<bool>,
 }
 
 /// A coupon as clients see it.
@@ -73,6 +76,8 @@ pub struct CouponResponse {
     waiting_room: Option<WaitingRoomSettings>,
     #[serde(skip_serializing_if = "Option::is_none")]
     min_account_age_seconds: Option<i64>,
+    /// Only verified members may be issued it.
+    verified_only: bool,
 }
 
 impl CouponResponse {
@@ -91,6 +96,7 @@ impl CouponResponse {
                 .admit_per_second
                 .map(|admit_per_second| WaitingRoomSettings { admit_per_second }),
             min_account_age_seconds: c.def.min_account_age_ms.map(|ms| ms / 1_000),
+            verified_only: c.def.verified_only != 0,
         }
     }
 }
@@ -248,6 +254,7 @@ pub async fn create(
             opens_at,
             admit_per_second,
             min_account_age_ms,
+            verified_only: i64::from(req.verified_only.unwrap_or(false)),
         })
         .await
         .map_err(|e| match e {
@@ -299,6 +306,17 @@ async fn check_eligible(state: &AppState, coupon_id: i64, user_id: UserId) -> Re
         .definition(coupon_id)
         .await
         .map_err(coupon_error)?;
+    let not_eligible = |message: String| ApiError::Refused {
+        status: StatusCode::FORBIDDEN,
+        code: "NOT_ELIGIBLE",
+        message,
+        details: None,
+    };
+    if coupon.def.verified_only != 0 && state.db.verified_at(user_id).await?.is_none() {
+        return Err(not_eligible(
+            "this coupon is for members the shop has verified".into(),
+        ));
+    }
     let Some(min_age) = coupon.def.min_account_age_ms else {
         return Ok(());
     };
@@ -308,15 +326,10 @@ async fn check_eligible(state: &AppState, coupon_id: i64, user_id: UserId) -> Re
         .await?
         .ok_or(ApiError::Unauthenticated("this member no longer exists"))?;
     if now_millis() - member.created_at < min_age {
-        return Err(ApiError::Refused {
-            status: StatusCode::FORBIDDEN,
-            code: "NOT_ELIGIBLE",
-            message: format!(
-                "this coupon is for accounts at least {} seconds old",
-                min_age / 1_000
-            ),
-            details: None,
-        });
+        return Err(not_eligible(format!(
+            "this coupon is for accounts at least {} seconds old",
+            min_age / 1_000
+        )));
     }
     Ok(())
 }
@@ -339,7 +352,7 @@ fn caller_is_admin(state: &AppState, headers: &HeaderMap) -> bool {
     responses((status = 201, body = IssueResponse),
         (status = 202, body = QueueResponse, description = "QUEUED in the waiting room"),
         (status = 404, body = ErrorBody),
-        (status = 403, body = ErrorBody, description = "NOT_ELIGIBLE: the account is younger than the coupon's minAccountAgeSeconds"),
+        (status = 403, body = ErrorBody, description = "NOT_ELIGIBLE: the account is younger than the coupon's minAccountAgeSeconds, or the coupon is for verified members"),
         (status = 409, body = ErrorBody, description = "SOLD_OUT or ALREADY_ISSUED"),
         (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
         (status = 503, body = ErrorBody, description = "OVERLOADED")))]
