@@ -13,6 +13,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+#[path = "support/services.rs"]
+#[allow(
+    dead_code,
+    reason = "shared by the test binaries; this one needs only Redis"
+)]
+mod services;
+use services::redis_url;
+
 const UNITS: i64 = 2_000;
 const BUYERS: usize = 12;
 const KILLS: usize = 4;
@@ -275,11 +283,6 @@ async fn kill_9_mid_sale_loses_no_acknowledged_order_and_strands_nothing() {
     let _ = db.close().await;
     kill_9(&mut node);
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// The Redis the tests use (database 9, a key prefix per test).
-fn redis_url() -> String {
-    std::env::var("SURGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".into())
 }
 
 /// Writes `n` members straight into the node's database and signs their tokens with the

@@ -18,6 +18,12 @@ use crate::auth::IssuedTokens;
 pub const REFRESH_GRACE: Duration = Duration::from_secs(2);
 /// Longest a racing refresh waits for the winner's pair.
 const WAIT_FOR_WINNER: Duration = Duration::from_secs(1);
+/// How long a slot is kept: twice the grace. The database decides what is a race (a rotation
+/// at most [`REFRESH_GRACE`] old), and a slot opens just before its rotation; kept for the
+/// grace alone, a race the database allows near the end could find its slot gone and be
+/// refused (401) without the login being revoked.
+const KEEP_SLOT: Duration = Duration::from_secs(4);
+const _: () = assert!(KEEP_SLOT.as_millis() >= 2 * REFRESH_GRACE.as_millis());
 
 type Slot = Arc<watch::Sender<Option<IssuedTokens>>>;
 
@@ -38,7 +44,7 @@ impl RefreshGrace {
     pub fn join(&self, token_hash: &str) -> GraceSlot {
         let now = Instant::now();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.retain(|_, (opened, _)| now.duration_since(*opened) < REFRESH_GRACE);
+        slots.retain(|_, (opened, _)| now.duration_since(*opened) < KEEP_SLOT);
         let (_, slot) = slots
             .entry(token_hash.to_owned())
             .or_insert_with(|| (now, Arc::new(watch::Sender::new(None))));
@@ -94,8 +100,8 @@ mod tests {
     async fn the_grace_ends() {
         let grace = RefreshGrace::default();
         grace.join("h1").publish(&pair(1));
-        tokio::time::advance(REFRESH_GRACE + Duration::from_millis(1)).await;
-        // After the grace the slot is gone: a new refresh finds nothing published.
+        tokio::time::advance(KEEP_SLOT + Duration::from_millis(1)).await;
+        // After the slot's time it is gone: a new refresh finds nothing published.
         assert!(grace.join("h1").winner().await.is_none());
     }
 }

@@ -386,22 +386,6 @@ impl Database {
         .rows_affected();
         Ok(n == 1)
     }
-
-    /// Whether `fence` still names the shard's owner and epoch with a running lease (a
-    /// stale owner's late write refused by this is the fencing the cluster tests assert).
-    pub async fn lease_is_current(&self, fence: &ShardFence) -> Result<bool, PersistenceError> {
-        let now = self.db_now();
-        let row: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT epoch FROM shard_leases \
-             WHERE shard = $1 AND owner = $2 AND epoch = $3 AND lease_until > {now}"
-        )))
-        .bind(fence.shard)
-        .bind(&fence.owner)
-        .bind(fence.epoch)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(row.is_some())
-    }
 }
 
 /// Locks the shard lease row named by `fence` inside a transaction, if it is still the
@@ -532,7 +516,6 @@ mod tests {
             db.claim_allotment_in_shard(item, "a", Some(&fence_a)).await,
             Err(PersistenceError::Conflict)
         ));
-        assert!(!db.lease_is_current(&fence_a).await.unwrap());
         // The renewal names only the leases still held.
         assert_eq!(db.renew_shards("a", LEASE_MS).await.unwrap(), vec![]);
         assert_eq!(db.renew_shards("b", LEASE_MS).await.unwrap(), vec![second]);

@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_error, send};
+use crate::helpers::{TestApp, assert_error, poll_until, send};
 use crate::on_both_backends;
 
 on_both_backends! {
@@ -181,9 +181,17 @@ on_both_backends! {
         let (_, short) = send(create(format!("Short {}", uuid::Uuid::new_v4().simple()), 1)).await;
         let short = short["couponId"].as_i64().unwrap();
         let member = app.new_user().await;
-        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
-        let (status, issued) = send(app.post(&format!("/api/v1/coupons/{short}/issue")).bearer_auth(&member.access)).await;
-        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        // Refused while younger than a second, issued once it is not.
+        poll_until(std::time::Duration::from_secs(10), "the account to be a second old", || async {
+            let answer = send(app.post(&format!("/api/v1/coupons/{short}/issue")).bearer_auth(&member.access)).await;
+            if answer.0 == StatusCode::CREATED {
+                Some(())
+            } else {
+                assert_error(&answer, 403, "NOT_ELIGIBLE");
+                None
+            }
+        })
+        .await;
         let bad = send(create("Negative".into(), -1)).await;
         assert_error(&bad, 400, "VALIDATION_FAILED");
         assert_eq!(bad.1["details"]["field"], "minAccountAgeSeconds");

@@ -35,23 +35,14 @@ fn init_logging() {
     });
 }
 
-/// The server URL of the PostgreSQL the tests may create databases on.
-pub fn pg_admin_url() -> String {
-    std::env::var("SURGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
-}
+#[path = "../support/services.rs"]
+mod services;
+use services::with_database;
+pub use services::{pg_admin_url, redis_url};
 
-/// `url` with its database name replaced.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let (server, _) = base.rsplit_once('/').unwrap();
-    match query {
-        Some(q) => format!("{server}/{name}?{q}"),
-        None => format!("{server}/{name}"),
-    }
-}
+#[path = "../support/poll.rs"]
+mod poll;
+pub use poll::poll_until;
 
 /// A database for one test.
 #[derive(Debug, Clone)]
@@ -188,12 +179,6 @@ impl PgOutage {
 /// descriptors per connection (client and server side, same process), and two bursts at once
 /// would pass the process's descriptor limit.
 pub static BURST: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-
-/// The Redis the tests use: its own database number (9), so nothing else on the server is
-/// touched; every test node also gets a key prefix of its own.
-pub fn redis_url() -> String {
-    std::env::var("SURGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".into())
-}
 
 /// Node settings for Redis mode with a fresh key prefix.
 pub fn redis_settings() -> Vec<(&'static str, String)> {

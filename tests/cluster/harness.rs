@@ -16,26 +16,8 @@ pub const CLUSTER_SECRET: &str = "test-cluster-secret-test-cluster-secret-0123";
 /// Short leases keep the tests short; the default is 3000.
 pub const LEASE_MS: u64 = 1_500;
 
-pub fn pg_admin_url() -> String {
-    std::env::var("SURGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".into())
-}
-
-pub fn redis_url() -> String {
-    std::env::var("SURGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/9".into())
-}
-
-/// `url` with its database name replaced.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let (server, _) = base.rsplit_once('/').unwrap();
-    match query {
-        Some(q) => format!("{server}/{name}?{q}"),
-        None => format!("{server}/{name}"),
-    }
-}
+pub use crate::poll::poll_until;
+pub use crate::services::{pg_admin_url, redis_url, with_database};
 
 /// A fresh database and Redis prefix shared by the nodes of one test.
 pub struct ClusterEnv {
@@ -337,22 +319,6 @@ impl Api {
             .get(format!("{base}/api/v1/admin/cluster/items/{item}"), admin)
             .await;
         body["owner"].as_str().map(str::to_owned)
-    }
-}
-
-/// Polls `check` every 50 ms until it answers `Some`, or panics with `what` at `within`.
-pub async fn poll_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -6,6 +6,10 @@
 
 mod harness;
 mod partition;
+#[path = "../support/poll.rs"]
+mod poll;
+#[path = "../support/services.rs"]
+mod services;
 #[path = "../support/tcp_cut.rs"]
 mod tcp_cut;
 
