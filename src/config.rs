@@ -11,11 +11,13 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::http::HeaderName;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches as _};
 use secrecy::SecretString;
 use surge_actors::StockStrategy;
 use surge_cluster::ClusterSettings;
 use surge_domain::{LoginId, Password};
+use surge_http::{Rate, RateLimitSettings};
 use surge_persistence::Backend;
 /// Where the API listens unless `SURGE_HTTP_ADDR` says otherwise.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
@@ -128,6 +130,8 @@ pub struct Config {
     pub shards: i64,
     /// `SURGE_CORS_ORIGINS`: browser origins allowed to call the API; empty: CORS off.
     pub cors_origins: Vec<String>,
+    /// `SURGE_RATE_LIMITS`, `SURGE_LIMIT_*` and `SURGE_CLIENT_IP_HEADER`.
+    pub rate_limits: RateLimitSettings,
 }
 
 /// Where events are published.
@@ -166,7 +170,7 @@ const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 30] = [
+const VARIABLES: [&str; 38] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -197,6 +201,14 @@ const VARIABLES: [&str; 30] = [
     "SURGE_LEASE_MS",
     "SURGE_CORS_ORIGINS",
     "SURGE_REDIS_TAKE_OVER",
+    "SURGE_RATE_LIMITS",
+    "SURGE_LIMIT_LOGIN_PER_IP",
+    "SURGE_LIMIT_LOGIN_PER_ACCOUNT",
+    "SURGE_LOGIN_FAILURES_BEFORE_BACKOFF",
+    "SURGE_LIMIT_SIGNUPS_PER_IP",
+    "SURGE_LIMIT_ORDERS_PER_MEMBER",
+    "SURGE_LIMIT_ISSUES_PER_MEMBER",
+    "SURGE_CLIENT_IP_HEADER",
 ];
 
 /// What [`ConfigError::variable`] says about an error no single variable caused.
@@ -373,6 +385,50 @@ pub struct ServeArgs {
     #[arg(long, env = "SURGE_CORS_ORIGINS", default_value = "", hide_default_value = true,
           value_parser = parse_origins)]
     pub cors_origins: Origins,
+
+    /// `on`: login, sign-up, order and coupon-issue limits apply (429 RATE_LIMITED with
+    /// Retry-After); `off` turns every limit off (load tests from one machine).
+    #[arg(long, env = "SURGE_RATE_LIMITS", default_value = "on",
+          action = clap::ArgAction::Set, value_parser = or_default("on", parse_on_off))]
+    pub rate_limits: bool,
+
+    /// Login attempts per client address (count/s, /min or /h; a burst of count).
+    #[arg(long, env = "SURGE_LIMIT_LOGIN_PER_IP", default_value = "30/min",
+          value_parser = or_default("30/min", parse_rate))]
+    pub limit_login_per_ip: Rate,
+
+    /// Login attempts per login id, from anywhere.
+    #[arg(long, env = "SURGE_LIMIT_LOGIN_PER_ACCOUNT", default_value = "10/min",
+          value_parser = or_default("10/min", parse_rate))]
+    pub limit_login_per_account: Rate,
+
+    /// Failed logins in a row after which the account's logins wait 1 s, 2 s, 4 s … (at
+    /// most 15 min) until one succeeds.
+    #[arg(long, env = "SURGE_LOGIN_FAILURES_BEFORE_BACKOFF", default_value = "5",
+          value_parser = or_default("5", number(1, 1_000)))]
+    pub login_failures_before_backoff: u64,
+
+    /// Sign-ups per client address.
+    #[arg(long, env = "SURGE_LIMIT_SIGNUPS_PER_IP", default_value = "10/min",
+          value_parser = or_default("10/min", parse_rate))]
+    pub limit_signups_per_ip: Rate,
+
+    /// Order placements per member.
+    #[arg(long, env = "SURGE_LIMIT_ORDERS_PER_MEMBER", default_value = "10/s",
+          value_parser = or_default("10/s", parse_rate))]
+    pub limit_orders_per_member: Rate,
+
+    /// Coupon issue requests per member.
+    #[arg(long, env = "SURGE_LIMIT_ISSUES_PER_MEMBER", default_value = "5/s",
+          value_parser = or_default("5/s", parse_rate))]
+    pub limit_issues_per_member: Rate,
+
+    /// A header that a trusted load balancer sets to the client's address (its last entry
+    /// counts), e.g. x-forwarded-for [default: none: the connection's peer address]. Set it
+    /// only behind such a balancer: a client could write it otherwise.
+    #[arg(long, env = "SURGE_CLIENT_IP_HEADER", default_value = "", hide_default_value = true,
+          value_parser = optional(parse_header_name))]
+    pub client_ip_header: Unset<HeaderName>,
 }
 
 /// `SURGE_CORS_ORIGINS`, parsed.
@@ -501,7 +557,18 @@ impl ServeArgs {
                 })
             }
         };
+        let rate_limits = RateLimitSettings {
+            enabled: self.rate_limits,
+            login_per_ip: self.limit_login_per_ip,
+            login_per_account: self.limit_login_per_account,
+            failures_before_backoff: u32::try_from(self.login_failures_before_backoff).unwrap_or(5),
+            signups_per_ip: self.limit_signups_per_ip,
+            orders_per_member: self.limit_orders_per_member,
+            issues_per_member: self.limit_issues_per_member,
+            client_ip_header: self.client_ip_header.0,
+        };
         Ok(Config {
+            rate_limits,
             cors_origins: self.cors_origins.0,
             cluster,
             shards,
@@ -626,6 +693,23 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
     }
 }
 
+fn parse_on_off(raw: &str) -> Result<bool, String> {
+    match raw.trim() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("must be on or off".to_owned()),
+    }
+}
+
+fn parse_rate(raw: &str) -> Result<Rate, String> {
+    raw.parse()
+}
+
+fn parse_header_name(raw: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(raw.trim().as_bytes())
+        .map_err(|_| format!("'{raw}' is not a header name like x-forwarded-for"))
+}
+
 fn parse_text(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
@@ -742,6 +826,35 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn rate_limits_are_on_by_default_and_each_rate_is_checked() {
+        let c = config(&[]).unwrap();
+        assert!(c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.login_per_account.to_string(), "10/min");
+        assert!(c.rate_limits.client_ip_header.is_none());
+        let c = config(&[
+            ("SURGE_RATE_LIMITS", "off"),
+            ("SURGE_LIMIT_ORDERS_PER_MEMBER", "3/h"),
+            ("SURGE_CLIENT_IP_HEADER", "X-Forwarded-For"),
+        ])
+        .unwrap();
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.orders_per_member.to_string(), "3/h");
+        assert_eq!(
+            c.rate_limits.client_ip_header.map(|h| h.to_string()),
+            Some("x-forwarded-for".to_owned())
+        );
+        for (variable, bad) in [
+            ("SURGE_RATE_LIMITS", "maybe"),
+            ("SURGE_LIMIT_LOGIN_PER_IP", "10 per minute"),
+            ("SURGE_LIMIT_SIGNUPS_PER_IP", "0/min"),
+            ("SURGE_CLIENT_IP_HEADER", "not a header"),
+        ] {
+            let err = config(&[(variable, bad)]).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+        }
     }
 
     #[test]

@@ -15,7 +15,9 @@ use surge_actors::{
 };
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
-use surge_http::{AppState, AuthService, AuthSettings, Metrics, NodeInfo, OrderServices};
+use surge_http::{
+    AppState, AuthService, AuthSettings, Metrics, NodeInfo, OrderServices, RateLimits,
+};
 use surge_persistence::committer::{CommitterConfig, GroupCommitter, WriterGuard};
 use surge_persistence::comparison::RedisStock;
 use surge_persistence::redis_coupons::RedisCoupons;
@@ -312,6 +314,7 @@ impl Application {
             coupons,
             items: Arc::default(),
             cors_origins: config.cors_origins.clone().into(),
+            limits: Arc::new(RateLimits::new(&config.rate_limits)),
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;
@@ -377,6 +380,10 @@ impl Application {
         // this future is dropped.
         let mut background = Background::new(stop.clone());
         background.spawn(purge_sessions(state.db.clone(), stop.subscribe()));
+        background.spawn(prune_rate_limits(
+            Arc::clone(&state.limits),
+            stop.subscribe(),
+        ));
         // The cluster's lease loop and internal listener run until the node has handed its
         // shards over, after the public listener and the sagas are done.
         let (cluster_stop, _) = watch::channel(false);
@@ -425,9 +432,12 @@ impl Application {
             database = state.db.backend().as_str(),
             "surge ready"
         );
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(stopped(&stop))
-            .await;
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(&stop))
+        .await;
         background.finish().await;
         // In-flight requests are done. In order: sagas still running (they may outlive their
         // requests) finish, within their own deadline; the stock actors give their unsold
@@ -651,6 +661,20 @@ async fn follow_revocations(db: Database, auth: Arc<AuthService>, mut stop: watc
                 }
             }
             Err(e) => tracing::debug!(error = %e, "could not read revocations"),
+        }
+    }
+}
+
+/// How often the rate limiters forget clients whose allowance is full again.
+const RATE_LIMIT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeps the rate limiters' memory to the recent clients.
+async fn prune_rate_limits(limits: Arc<RateLimits>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(RATE_LIMIT_PRUNE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => limits.prune(),
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
 }

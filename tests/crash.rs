@@ -52,6 +52,7 @@ fn start_with(dir: &std::path::Path, settings: &[(&str, String)]) -> Node {
         .env("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", "crash_admin")
         .env("SURGE_BOOTSTRAP_ADMIN_PASSWORD", "crash-admin-password")
         .env("SURGE_RESERVATION_TTL_MS", "1500")
+        .env("SURGE_RATE_LIMITS", "off")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -12,7 +12,7 @@ use surge_actors::stock::path::{Hold, PathFuture};
 use surge_actors::{ReserveError, StockActors, StockPath};
 use surge_domain::{ItemId, Quantity};
 use surge_persistence::Database;
-use surge_persistence::orders::HoldSource;
+use surge_persistence::orders::{HoldSource, ItemTerms};
 use tokio::time::Instant;
 
 use crate::peers::Peers;
@@ -113,7 +113,7 @@ pub struct RoutedStock {
     db: Database,
     /// Unit prices of items owned elsewhere. Prices never change once an item exists
     /// (there is no price update), so a price read once is good for the node's life.
-    prices: Arc<RwLock<HashMap<i64, i64>>>,
+    prices: Arc<RwLock<HashMap<i64, ItemTerms>>>,
     /// Items an owner recently answered "out of stock" for, until when.
     sold_out: Arc<Mutex<HashMap<i64, Instant>>>,
 }
@@ -134,9 +134,9 @@ impl RoutedStock {
         self.route.serves(item)
     }
 
-    async fn price(&self, item: ItemId) -> Result<Option<i64>, ReserveError> {
+    async fn terms(&self, item: ItemId) -> Result<Option<ItemTerms>, ReserveError> {
         if self.serves(item.get()) {
-            return self.local.price_of(item).await;
+            return self.local.terms_of(item).await;
         }
         if let Some(price) = self
             .prices
@@ -148,16 +148,16 @@ impl RoutedStock {
         }
         let found = self
             .db
-            .price_and_available(item.get())
+            .item_terms(item.get())
             .await
             .map_err(|e| ReserveError::Unavailable(e.to_string()))?;
-        if let Some((price, _)) = found {
+        if let Some(terms) = found {
             self.prices
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(item.get(), price);
+                .insert(item.get(), terms);
         }
-        Ok(found.map(|(price, _)| price))
+        Ok(found)
     }
 
     async fn hold_anywhere(
@@ -227,8 +227,8 @@ impl RoutedStock {
 }
 
 impl StockPath for RoutedStock {
-    fn price_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<i64>, ReserveError>> {
-        Box::pin(self.price(item))
+    fn terms_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<ItemTerms>, ReserveError>> {
+        Box::pin(self.terms(item))
     }
 
     fn hold(

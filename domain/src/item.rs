@@ -132,14 +132,7 @@ impl RestockQuantity {
 
     /// Validates a restock quantity: between 1 and [`MAX_STOCK`] inclusive.
     pub fn parse(raw: i64) -> Result<Self, ValidationError> {
-        if (1..=MAX_STOCK).contains(&raw) {
-            Ok(Self(raw))
-        } else {
-            Err(ValidationError::new(
-                Self::FIELD,
-                format!("must be between 1 and {MAX_STOCK}"),
-            ))
-        }
+        units_up_to_max_stock(raw, Self::FIELD).map(Self)
     }
 
     /// Returns the number of units to add.
@@ -246,5 +239,57 @@ mod tests {
         assert_eq!(err.message, "must be between 1 and 1000000000");
         assert!(RestockQuantity::parse(-5).is_err());
         assert!(RestockQuantity::parse(MAX_STOCK + 1).is_err());
+    }
+}
+
+/// A count of units from 1 to [`MAX_STOCK`], or the error naming `field`.
+fn units_up_to_max_stock(raw: i64, field: &'static str) -> Result<i64, ValidationError> {
+    if (1..=MAX_STOCK).contains(&raw) {
+        Ok(raw)
+    } else {
+        Err(ValidationError::new(
+            field,
+            format!("must be between 1 and {MAX_STOCK}"),
+        ))
+    }
+}
+
+/// The most units of one item a member may hold in live orders (`maxPerMember`): `1..=`
+/// [`MAX_STOCK`]. Counted over the member's `SUCCEEDED` orders; a cancellation gives the
+/// units back to the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PurchaseLimit(i64);
+
+impl PurchaseLimit {
+    /// The JSON field name reported in errors.
+    pub const FIELD: &'static str = "maxPerMember";
+
+    /// Validates a limit: at least 1, at most [`MAX_STOCK`].
+    pub fn parse(raw: i64) -> Result<Self, ValidationError> {
+        units_up_to_max_stock(raw, Self::FIELD).map(Self)
+    }
+
+    /// The units.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod purchase_limit_tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_at_least_one_unit_and_at_most_the_largest_stock() {
+        assert_eq!(PurchaseLimit::parse(1).map(PurchaseLimit::get), Ok(1));
+        assert_eq!(
+            PurchaseLimit::parse(MAX_STOCK).map(PurchaseLimit::get),
+            Ok(MAX_STOCK)
+        );
+        for bad in [0, -1, MAX_STOCK + 1, i64::MIN] {
+            let err = PurchaseLimit::parse(bad).unwrap_err();
+            assert_eq!(err.field, "maxPerMember");
+        }
     }
 }

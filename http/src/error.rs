@@ -89,6 +89,14 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after_secs: u32,
     },
+    /// The client went over a rate limit: come back after `Retry-After`.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit.
+        message: &'static str,
+        /// Seconds until the limit lets the next request through.
+        retry_after_secs: u32,
+    },
     /// A business refusal with its own code and details (OUT_OF_STOCK, ...).
     #[error("{message}")]
     Refused {
@@ -167,6 +175,7 @@ impl ApiError {
             Self::DuplicateLoginId => (StatusCode::CONFLICT, "DUPLICATE_LOGIN_ID"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             Self::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             Self::Refused { status, code, .. } => (*status, *code),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
@@ -196,6 +205,9 @@ impl IntoResponse for ApiError {
             retry_after_secs, ..
         }
         | Self::Overloaded {
+            retry_after_secs, ..
+        }
+        | Self::RateLimited {
             retry_after_secs, ..
         } = self
         {

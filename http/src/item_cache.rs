@@ -48,6 +48,7 @@ mod tests {
             name: "Hat".into(),
             price: 10,
             available: 5,
+            max_per_member: None,
         };
         assert!(cache.recall(7).is_none());
         cache.remember(&item);

@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod error;
 mod extract;
 pub mod item_cache;
+pub mod limits;
 pub mod metrics;
 mod password;
 pub mod refresh_grace;
@@ -27,6 +28,7 @@ use utoipa::{Modify, OpenApi};
 
 pub use auth::{AuthService, AuthSettings};
 pub use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
+pub use limits::{Rate, RateLimitSettings, RateLimits};
 pub use metrics::Metrics;
 pub use routes::users::create_member;
 pub use state::{AppState, NodeInfo, OrderServices};

@@ -38,6 +38,9 @@ pub struct AppState {
     pub node: NodeInfo,
     /// `SURGE_CORS_ORIGINS`: browser origins allowed to call the API (empty: CORS off).
     pub cors_origins: Arc<[String]>,
+    /// Rate limits on login, sign-up, orders and coupon issues; one set per node, shared by
+    /// every connection.
+    pub limits: Arc<crate::limits::RateLimits>,
 }
 
 /// Which node answers, for `x-surge-node` and the admin pages.

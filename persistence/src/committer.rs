@@ -508,6 +508,7 @@ mod tests {
                 item_id,
                 quantity: 1,
                 unit_price: 100,
+                max_per_member: None,
             }],
             coupon_id: None,
             total_price: 100,

@@ -2,7 +2,8 @@
 
 use sqlx::FromRow;
 use surge_domain::{
-    Event, EventType, ItemId, ItemName, MAX_STOCK, Money, RestockQuantity, StockLevel,
+    Event, EventType, ItemId, ItemName, MAX_STOCK, Money, PurchaseLimit, RestockQuantity,
+    StockLevel,
 };
 
 use crate::outbox;
@@ -19,6 +20,8 @@ pub struct ItemRecord {
     pub price: i64,
     /// Units still available to buyers.
     pub available: i64,
+    /// Units one member may hold in live orders of this item; `None`: no limit.
+    pub max_per_member: Option<i64>,
 }
 
 #[derive(FromRow)]
@@ -27,6 +30,7 @@ struct ItemRow {
     name: String,
     price: i64,
     available: i64,
+    max_per_member: Option<i64>,
 }
 
 impl From<ItemRow> for ItemRecord {
@@ -36,6 +40,7 @@ impl From<ItemRow> for ItemRecord {
             name: row.name,
             price: row.price,
             available: row.available,
+            max_per_member: row.max_per_member,
         }
     }
 }
@@ -76,21 +81,24 @@ impl Database {
         name: &ItemName,
         price: Money,
         stock: StockLevel,
+        limit: Option<PurchaseLimit>,
     ) -> Result<ItemRecord, PersistenceError> {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
         let row: ItemRow = sqlx::query_as(
-            "INSERT INTO items (name, price, available, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) RETURNING id, name, price, available",
+            "INSERT INTO items (name, price, available, max_per_member, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) RETURNING id, name, price, available, max_per_member",
         )
         .bind(name.as_str())
         .bind(price.get())
         .bind(stock.get())
+        .bind(limit.map(PurchaseLimit::get))
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
         let payload = serde_json::json!({
             "itemId": row.id, "name": row.name, "price": row.price, "stock": row.available,
+            "maxPerMember": row.max_per_member,
         });
         outbox::append(
             &mut tx,
@@ -104,7 +112,8 @@ impl Database {
     /// The item with this id, if any.
     pub async fn item_by_id(&self, id: ItemId) -> Result<Option<ItemRecord>, PersistenceError> {
         let row: Option<ItemRow> = sqlx::query_as(
-            "SELECT i.id, i.name, i.price, i.available + COALESCE(a.units, 0) AS available \
+            "SELECT i.id, i.name, i.price, i.available + COALESCE(a.units, 0) AS available, \
+                    i.max_per_member \
                  FROM items i LEFT JOIN stock_allotments a ON a.item_id = i.id WHERE i.id = $1",
         )
         .bind(id.get())
@@ -120,7 +129,8 @@ impl Database {
     ) -> Result<Vec<ItemRecord>, PersistenceError> {
         let pattern = like_pattern(search.name_contains.as_deref().unwrap_or(""));
         let rows: Vec<ItemRow> = sqlx::query_as(
-            "SELECT i.id, i.name, i.price, i.available + COALESCE(a.units, 0) AS available \
+            "SELECT i.id, i.name, i.price, i.available + COALESCE(a.units, 0) AS available, \
+                    i.max_per_member \
              FROM items i LEFT JOIN stock_allotments a ON a.item_id = i.id \
              WHERE i.id > $1 AND LOWER(i.name) LIKE $2 ESCAPE '\\' AND i.price >= $3 AND i.price <= $4 \
              ORDER BY i.id LIMIT $5",
@@ -147,7 +157,7 @@ impl Database {
         let row: Option<ItemRow> = sqlx::query_as(
             "UPDATE items SET available = available + $1, updated_at = $2 \
              WHERE id = $3 AND available + $1 + COALESCE((SELECT units FROM stock_allotments \
-               WHERE item_id = $3), 0) <= $4 RETURNING id, name, price, available",
+               WHERE item_id = $3), 0) <= $4 RETURNING id, name, price, available, max_per_member",
         )
         .bind(quantity.get())
         .bind(now)

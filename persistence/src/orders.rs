@@ -24,6 +24,18 @@ pub struct NewOrderLine {
     pub quantity: i64,
     /// Price per unit when ordered.
     pub unit_price: i64,
+    /// The item's `maxPerMember`, when it has one: the order's write counts this line's units
+    /// against it.
+    pub max_per_member: Option<i64>,
+}
+
+/// What an order needs to know of an item: its price and its purchase limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemTerms {
+    /// Unit price.
+    pub price: i64,
+    /// Units one member may hold in live orders; `None`: no limit.
+    pub max_per_member: Option<i64>,
 }
 
 /// Units of one line, held for an order until its write settles them.
@@ -89,6 +101,13 @@ pub enum PlaceOutcome {
     },
     /// The order's coupon could not be taken.
     CouponRefused(CouponRefusal),
+    /// With this order the member would hold more of the item than its `maxPerMember`.
+    PurchaseLimit {
+        /// The item.
+        item_id: i64,
+        /// The limit.
+        limit: i64,
+    },
     /// A hold was not there any more: its owner's epoch moved on (another owner took the
     /// item), or its reservation expired. The holder of that epoch must stop selling.
     HoldLost {
@@ -392,6 +411,16 @@ pub(crate) async fn cancel_order(
         )
         .await?
         {
+            // The member's live units of each limited item go down by this order's.
+            sqlx::query(
+                "UPDATE purchase_counts SET units = units - (SELECT COALESCE(SUM(l.quantity), 0) \
+                   FROM order_lines l WHERE l.order_id = $1 AND l.item_id = purchase_counts.item_id) \
+                 WHERE user_id = (SELECT user_id FROM orders WHERE id = $1) \
+                   AND item_id IN (SELECT item_id FROM order_lines WHERE order_id = $1)",
+            )
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
             CancelOutcome::Cancelled
         } else {
             CancelOutcome::NotCancellable

@@ -81,14 +81,23 @@ pub(crate) async fn place_orders(
             outcomes[i] = Some(PlaceOutcome::CouponRefused(refusal));
         }
     }
+    let counted = count_purchases(conn, orders, &mut outcomes).await?;
     take_units(conn, orders, &mut outcomes, now).await?;
-    // Undo, for every refused order, the claim and the coupon this batch took for it.
+    // Undo, for every refused order, the claim, the coupon and the purchase counts this batch
+    // took for it.
     for (i, order) in orders.iter().enumerate() {
         let refused = matches!(
             outcomes[i],
-            Some(PlaceOutcome::CouponRefused(_) | PlaceOutcome::HoldLost { .. })
+            Some(
+                PlaceOutcome::CouponRefused(_)
+                    | PlaceOutcome::HoldLost { .. }
+                    | PlaceOutcome::PurchaseLimit { .. }
+            )
         );
         if refused {
+            if counted.contains(&i) {
+                uncount(conn, order.user_id, limited_lines(order)).await?;
+            }
             if claimed.contains(&i)
                 && let Some((key, _)) = &order.idempotency
             {
@@ -98,7 +107,10 @@ pub(crate) async fn place_orders(
                     .execute(&mut *conn)
                     .await?;
             }
-            if matches!(outcomes[i], Some(PlaceOutcome::HoldLost { .. })) {
+            if matches!(
+                outcomes[i],
+                Some(PlaceOutcome::HoldLost { .. } | PlaceOutcome::PurchaseLimit { .. })
+            ) {
                 coupons::give_back(conn, order.id).await?;
             }
         }
@@ -181,6 +193,82 @@ async fn claim_keys(
         }
     }
     Ok(claimed)
+}
+
+/// The lines of an order whose item has a purchase limit: (item, units, limit).
+fn limited_lines(order: &NewOrder) -> impl Iterator<Item = (i64, i64, i64)> + '_ {
+    order
+        .lines
+        .iter()
+        .filter_map(|l| l.max_per_member.map(|max| (l.item_id, l.quantity, max)))
+}
+
+/// Counts the units of every limited line of the orders still standing against the member's
+/// limit for that item: one conditional upsert per line, which matches no row when the member's
+/// live units plus these would pass the limit. Such an order is answered `PurchaseLimit` and
+/// its lines counted before are taken off again. The row lock the upsert takes (PostgreSQL),
+/// or the one writer (SQLite), makes two orders of one member, even on two nodes, see each
+/// other's units. Returns the orders counted (their counts must be undone if a later step
+/// refuses them). Orders without a limited line cost nothing here.
+async fn count_purchases(
+    conn: &mut AnyConnection,
+    orders: &[&NewOrder],
+    outcomes: &mut [Option<PlaceOutcome>],
+) -> Result<HashSet<usize>, sqlx::Error> {
+    let mut counted = HashSet::new();
+    for (i, order) in orders.iter().enumerate() {
+        if outcomes[i].is_some() || limited_lines(order).next().is_none() {
+            continue;
+        }
+        let mut done: Vec<(i64, i64, i64)> = Vec::new();
+        for (item_id, units, limit) in limited_lines(order) {
+            let within = units <= limit
+                && sqlx::query_as::<_, (i64,)>(
+                    "INSERT INTO purchase_counts (user_id, item_id, units) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id, item_id) DO UPDATE \
+                       SET units = purchase_counts.units + excluded.units \
+                       WHERE purchase_counts.units + excluded.units <= $4 \
+                     RETURNING units",
+                )
+                .bind(order.user_id)
+                .bind(item_id)
+                .bind(units)
+                .bind(limit)
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_some();
+            if !within {
+                uncount(conn, order.user_id, done.into_iter()).await?;
+                outcomes[i] = Some(PlaceOutcome::PurchaseLimit { item_id, limit });
+                break;
+            }
+            done.push((item_id, units, limit));
+        }
+        if outcomes[i].is_none() {
+            counted.insert(i);
+        }
+    }
+    Ok(counted)
+}
+
+/// Takes `lines`' units off the member's purchase counts (a refused order of this batch, or a
+/// cancellation).
+async fn uncount(
+    conn: &mut AnyConnection,
+    user_id: i64,
+    lines: impl Iterator<Item = (i64, i64, i64)>,
+) -> Result<(), sqlx::Error> {
+    for (item_id, units, _) in lines {
+        sqlx::query(
+            "UPDATE purchase_counts SET units = units - $1 WHERE user_id = $2 AND item_id = $3",
+        )
+        .bind(units)
+        .bind(user_id)
+        .bind(item_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Takes the units of every hold of the orders still standing: one fenced decrement per (item,

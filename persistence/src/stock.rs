@@ -22,7 +22,7 @@ use sqlx::AnyConnection;
 use surge_domain::{Event, EventType};
 
 use crate::cluster::{self, ShardFence};
-use crate::orders::{HoldSource, StockHold};
+use crate::orders::{HoldSource, ItemTerms, StockHold};
 use crate::outbox;
 use crate::{Database, PersistenceError, now_millis};
 
@@ -54,8 +54,8 @@ impl ReservationStatus {
 pub struct AllotmentClaim {
     /// The owner's epoch; every later write of this actor names it.
     pub epoch: i64,
-    /// Unit price.
-    pub price: i64,
+    /// Price and purchase limit (they do not change while the owner lives).
+    pub terms: ItemTerms,
 }
 
 impl Database {
@@ -89,11 +89,12 @@ impl Database {
         {
             return Err(PersistenceError::Conflict);
         }
-        let item: Option<(i64,)> = sqlx::query_as("SELECT price FROM items WHERE id = $1")
-            .bind(item_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some((price,)) = item else {
+        let item: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT price, max_per_member FROM items WHERE id = $1")
+                .bind(item_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((price, max_per_member)) = item else {
             return Ok(None);
         };
         // Lock the allotment row before reading its units: an order being written under the
@@ -125,7 +126,10 @@ impl Database {
         tx.commit().await?;
         Ok(Some(AllotmentClaim {
             epoch: epoch.0,
-            price,
+            terms: ItemTerms {
+                price,
+                max_per_member,
+            },
         }))
     }
 

@@ -58,6 +58,7 @@ impl ScratchDb {
                 &ItemName::parse("Test item").map_err(parse)?,
                 Money::parse(price, "price").map_err(parse)?,
                 StockLevel::parse(stock).map_err(parse)?,
+                None,
             )
             .await?;
         Ok(item.id.get())

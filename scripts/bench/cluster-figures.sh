@@ -18,7 +18,7 @@ bin=$PWD/target/release/surge
 run=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SURGE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SURGE_CLUSTER_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-export SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password
+export SURGE_RATE_LIMITS=off SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password
 export SURGE_REDIS_URL=$redis RUST_LOG=warn
 server=${pg%/*}
 pids=()

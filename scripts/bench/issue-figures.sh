@@ -23,7 +23,7 @@ start_node() {
   shift
   work=$(mktemp -d)
   env -i PATH="$PATH" HOME="$HOME" RUST_LOG=warn SURGE_HTTP_ADDR=127.0.0.1:$port \
-    SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
+    SURGE_RATE_LIMITS=off SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
     SURGE_DATABASE_URL="sqlite://$work/surge.db" "$@" "$bin" serve 2>"$out/$name.node.log" &
   node=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && return; sleep 0.2; done

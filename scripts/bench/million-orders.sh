@@ -14,7 +14,7 @@ target=${TARGET_ORDERS:-1000000}
 work=$(mktemp -d)
 port=18483
 export SURGE_HTTP_ADDR=127.0.0.1:$port SURGE_DATABASE_URL=$db_url RUST_LOG=warn \
-  SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
+  SURGE_RATE_LIMITS=off SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password \
   SURGE_JWT_SECRET=${SURGE_JWT_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 target/release/surge & node=$!
 trap 'kill $node 2>/dev/null; rm -rf "$work"' EXIT

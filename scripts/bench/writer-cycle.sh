@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
 port=18491
 export SURGE_HTTP_ADDR=127.0.0.1:$port SURGE_DATABASE_URL=${DB:-sqlite://$work/surge.db} RUST_LOG=warn \
-  SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password
+  SURGE_RATE_LIMITS=off SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password
 [[ $SURGE_DATABASE_URL == sqlite* ]] || export SURGE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 target/release/surge & node=$!
 trap 'kill $node 2>/dev/null; rm -rf "$work"' EXIT

@@ -103,6 +103,8 @@ impl TestDatabase {
             // Debug builds on two shared cores are slow; a test that wants 202 sets its own.
             ("SURGE_ORDER_ANSWER_TIMEOUT_MS", "30000".to_owned()),
             ("SURGE_COUPON_ANSWER_TIMEOUT_MS", "30000".to_owned()),
+            // Tests sign up and order from one address; the rate-limit tests turn them on.
+            ("SURGE_RATE_LIMITS", "off".to_owned()),
         ]);
         if self.backend == Backend::Postgres {
             vars.push(("SURGE_JWT_SECRET", PG_JWT_SECRET.to_owned()));
@@ -412,6 +414,30 @@ impl TestApp {
                 .json(&body),
         )
         .await
+    }
+
+    /// `n` identical orders by `user` sent at once, each on a connection of its own; their
+    /// answers in no particular order.
+    pub async fn orders_at_once(
+        &self,
+        user: &TestUser,
+        body: Value,
+        n: usize,
+    ) -> Vec<(StatusCode, Value)> {
+        let attempts: Vec<_> = (0..n)
+            .map(|_| {
+                let request = reqwest::Client::new()
+                    .post(format!("{}/api/v1/orders", self.base))
+                    .bearer_auth(&user.access)
+                    .json(&body);
+                tokio::spawn(send(request))
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(n);
+        for attempt in attempts {
+            answers.push(attempt.await.unwrap());
+        }
+        answers
     }
 
     /// Creates an item as the admin and returns its JSON.

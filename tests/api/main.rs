@@ -14,12 +14,14 @@ mod hardening;
 mod items;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod limits;
 mod members;
 #[cfg(feature = "mongo")]
 mod mongo;
 mod ops;
 mod orders;
 mod outage;
+mod purchase_limits;
 mod restart;
 mod stock;
 mod strategies;

@@ -62,6 +62,7 @@ impl ClusterEnv {
             ("SURGE_BOOTSTRAP_ADMIN_LOGIN_ID", ADMIN_LOGIN.into()),
             ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
             ("SURGE_RESERVATION_TTL_MS", "1500".into()),
+            ("SURGE_RATE_LIMITS", "off".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

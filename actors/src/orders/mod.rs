@@ -67,6 +67,14 @@ pub enum SagaOutcome {
     Failed(String),
     /// The coupon could not be used; nothing was written.
     CouponRefused(CouponProblem),
+    /// With this order the member would hold more units of the item than its
+    /// `maxPerMember` (counting their live orders); nothing was written.
+    PurchaseLimit {
+        /// The item.
+        item_id: i64,
+        /// Its limit.
+        limit: i64,
+    },
     /// The order's write may or may not have committed: the order exists `SUCCEEDED`, or not at
     /// all. Its holds are not given back (an undersell until the owner's allotment is
     /// reconciled, never an oversell).

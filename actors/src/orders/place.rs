@@ -25,12 +25,13 @@ pub(super) async fn price_lines(
     let mut priced = Vec::with_capacity(lines.len());
     let mut missing = Vec::with_capacity(lines.len());
     for &(item, quantity) in lines {
-        let price = inner.stock.price_of(item).await?;
-        missing.push(price.is_none());
+        let terms = inner.stock.terms_of(item).await?;
+        missing.push(terms.is_none());
         priced.push(NewOrderLine {
             item_id: item.get(),
             quantity: quantity.get(),
-            unit_price: price.unwrap_or(0),
+            unit_price: terms.map_or(0, |t| t.price),
+            max_per_member: terms.and_then(|t| t.max_per_member),
         });
     }
     let total = priced

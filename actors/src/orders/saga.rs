@@ -213,6 +213,19 @@ pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderReques
             }
         }
     };
+    // A line over its item's purchase limit by itself: refused before holding anything (the
+    // member's earlier orders are counted by the order's write).
+    if let Some(line) = priced
+        .lines
+        .iter()
+        .find(|l| l.max_per_member.is_some_and(|max| l.quantity > max))
+    {
+        let refusal = SagaOutcome::PurchaseLimit {
+            item_id: line.item_id,
+            limit: line.max_per_member.unwrap_or_default(),
+        };
+        return replay_or(inner, request, refusal).await;
+    }
     // 2. A line whose item is known sold out: refused from memory, nothing written (usually
     //    before the saga even starts: `OrderSagas::start_order`).
     if let Some(refusal) = known_sold_out(inner, request) {
@@ -283,6 +296,9 @@ pub(crate) async fn run(inner: &Arc<Inner>, order_id: i64, request: &OrderReques
                 } else {
                     SagaOutcome::KeyReused
                 }
+            }
+            Ok(PlaceOutcome::PurchaseLimit { item_id, limit }) => {
+                SagaOutcome::PurchaseLimit { item_id, limit }
             }
             Ok(PlaceOutcome::CouponRefused(refusal)) => SagaOutcome::CouponRefused(match refusal {
                 CouponRefusal::NotIssued => CouponProblem::NotIssued,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use surge_domain::{ItemId, LineStatus, OrderStatus, Quantity};
 use surge_persistence::PersistenceError;
 use surge_persistence::committer::{CommitterConfig, GroupCommitter, WriterGuard};
-use surge_persistence::orders::{FailOutcome, NewOrder, PlaceOutcome};
+use surge_persistence::orders::{FailOutcome, ItemTerms, NewOrder, PlaceOutcome};
 use surge_persistence::testing::ScratchDb;
 use surge_supervisors::{CircuitBreaker, CircuitConfig};
 
@@ -94,8 +94,8 @@ struct FaultyStock {
 }
 
 impl StockPath for FaultyStock {
-    fn price_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<i64>, ReserveError>> {
-        self.real.price_of(item)
+    fn terms_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<ItemTerms>, ReserveError>> {
+        self.real.terms_of(item)
     }
 
     fn hold(

@@ -10,7 +10,7 @@ use surge_persistence::comparison::{BaselineReserve, CounterTake, RedisStock, Ro
 use surge_persistence::{Database, now_millis};
 
 use super::ReserveError;
-use surge_persistence::orders::HoldSource;
+use surge_persistence::orders::{HoldSource, ItemTerms};
 
 use super::path::{Hold, PathFuture, StockPath};
 
@@ -87,11 +87,10 @@ impl BaselineStock {
         })
     }
 
-    async fn price(&self, item_id: i64) -> Result<Option<i64>, ReserveError> {
+    async fn terms(&self, item_id: i64) -> Result<Option<ItemTerms>, ReserveError> {
         self.db
-            .price_and_available(item_id)
+            .item_terms(item_id)
             .await
-            .map(|found| found.map(|(price, _)| price))
             .map_err(|e| ReserveError::Unavailable(e.to_string()))
     }
 
@@ -145,8 +144,8 @@ impl BaselineStock {
 }
 
 impl StockPath for BaselineStock {
-    fn price_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<i64>, ReserveError>> {
-        Box::pin(self.price(item.get()))
+    fn terms_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<ItemTerms>, ReserveError>> {
+        Box::pin(self.terms(item.get()))
     }
 
     fn hold(

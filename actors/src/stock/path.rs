@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use surge_domain::{ItemId, Quantity};
-use surge_persistence::orders::{HoldSource, StockHold};
+use surge_persistence::orders::{HoldSource, ItemTerms, StockHold};
 
 use super::ReserveError;
 
@@ -42,8 +42,8 @@ impl Hold {
 
 /// How an order line takes units of stock.
 pub trait StockPath: Debug + Send + Sync + 'static {
-    /// An item's unit price, or `None` when it does not exist.
-    fn price_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<i64>, ReserveError>>;
+    /// An item's price and purchase limit, or `None` when it does not exist.
+    fn terms_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<ItemTerms>, ReserveError>>;
 
     /// Holds `quantity` units of `item` for `order_id`. The order's write takes them (see
     /// [`Hold::record`]); until then nobody else can have them. `within` bounds the wait:

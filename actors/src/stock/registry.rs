@@ -19,7 +19,7 @@ use surge_supervisors::{
 use tokio::sync::oneshot;
 
 use super::actor::{StockActor, StockArgs, StockMsg, StockStats};
-use surge_persistence::orders::HoldSource;
+use surge_persistence::orders::{HoldSource, ItemTerms};
 
 use super::path::{Hold, PathFuture, StockPath};
 use super::{ReserveError, StockConfig};
@@ -41,6 +41,18 @@ pub struct StockShared {
     epoch: AtomicI64,
     /// Unit price read when the actor took the item over (prices do not change while it lives).
     price: AtomicI64,
+    /// The item's `maxPerMember` read with the price; 0: no limit.
+    max_per_member: AtomicI64,
+}
+
+impl StockShared {
+    /// The price and purchase limit the current actor read.
+    fn terms(&self) -> ItemTerms {
+        ItemTerms {
+            price: self.price.load(Ordering::Relaxed),
+            max_per_member: Some(self.max_per_member.load(Ordering::Relaxed)).filter(|m| *m > 0),
+        }
+    }
 }
 
 /// Starts an item's actor from the database: claims the item with a new epoch.
@@ -83,7 +95,10 @@ impl ActorFactory for StockFactory {
             })?
             .ok_or(StartError::NotFound)?;
         shared.epoch.store(claim.epoch, Ordering::Relaxed);
-        shared.price.store(claim.price, Ordering::Relaxed);
+        shared.price.store(claim.terms.price, Ordering::Relaxed);
+        shared
+            .max_per_member
+            .store(claim.terms.max_per_member.unwrap_or(0), Ordering::Relaxed);
         Ok((
             StockActor {
                 db: self.db.clone(),
@@ -206,12 +221,12 @@ impl StockActors {
         }
     }
 
-    /// An item's unit price, or `None` when it does not exist. Starts the item's actor, which
-    /// the order will need next anyway.
-    async fn price(&self, item_id: i64) -> Result<Option<i64>, ReserveError> {
+    /// An item's price and purchase limit, or `None` when it does not exist. Starts the
+    /// item's actor, which the order will need next anyway.
+    async fn terms(&self, item_id: i64) -> Result<Option<ItemTerms>, ReserveError> {
         let admission = self.registry.admit(item_id).map_err(unavailable)?;
         match admission.actor().await {
-            Ok(_) => Ok(Some(admission.shared().price.load(Ordering::Relaxed))),
+            Ok(_) => Ok(Some(admission.shared().terms())),
             Err(RegistryError::NotFound) => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
@@ -297,8 +312,8 @@ impl StockActors {
 }
 
 impl StockPath for StockActors {
-    fn price_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<i64>, ReserveError>> {
-        Box::pin(self.price(item.get()))
+    fn terms_of(&self, item: ItemId) -> PathFuture<'_, Result<Option<ItemTerms>, ReserveError>> {
+        Box::pin(self.terms(item.get()))
     }
 
     fn hold(

@@ -83,7 +83,7 @@ async fn holds_come_from_the_checked_out_allotment_and_never_past_the_stock() {
 async fn an_unknown_item_is_not_found_and_leaves_no_actor() {
     let n = node(4).await;
     let id = ItemId::from_db(999);
-    assert_eq!(n.stock.price_of(id).await, Ok(None));
+    assert_eq!(n.stock.terms_of(id).await, Ok(None));
     assert_eq!(
         n.stock.hold(id, 1, q(1), WITHIN).await,
         Err(ReserveError::ItemNotFound)

@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use crate::auth::{IssuedTokens, REFRESH_TOKEN_TTL, random_token, refresh_token_hash};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, Authenticated};
+use crate::limits::ClientIp;
 use crate::refresh_grace::REFRESH_GRACE;
 use crate::state::AppState;
 
@@ -78,17 +79,25 @@ fn token_response(tokens: IssuedTokens) -> Response {
 /// Log in with login id and password.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse),
-              (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody)))]
+              (status = 401, description = "INVALID_CREDENTIALS", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED, with Retry-After: too many attempts from this address or for this account, or the account backs off after failed logins", body = ErrorBody)))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    state.limits.check_login(ip, &req.login_id)?;
     let user = state.db.user_by_login_id(&req.login_id).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     if !state.auth.verify_password(req.password, hash).await? {
+        state.limits.login_failed(&req.login_id);
         return Err(ApiError::InvalidCredentials);
     }
-    let user = user.ok_or(ApiError::InvalidCredentials)?;
+    let Some(user) = user else {
+        state.limits.login_failed(&req.login_id);
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.limits.login_succeeded(&req.login_id);
     let session_id = random_token();
     let tokens = state.auth.issue(user.id, user.role, &session_id)?;
     let now = now_millis();

@@ -355,6 +355,7 @@ fn caller_is_admin(state: &AppState, headers: &HeaderMap) -> bool {
         (status = 403, body = ErrorBody, description = "NOT_ELIGIBLE: the account is younger than the coupon's minAccountAgeSeconds, or the coupon is for verified members"),
         (status = 409, body = ErrorBody, description = "SOLD_OUT or ALREADY_ISSUED"),
         (status = 422, body = ErrorBody, description = "IDEMPOTENCY_KEY_REUSED"),
+        (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After: too many coupon requests from this member in a short time"),
         (status = 503, body = ErrorBody, description = "OVERLOADED")))]
 pub async fn issue(
     State(state): State<AppState>,
@@ -365,6 +366,7 @@ pub async fn issue(
     let id = coupon_id(raw)?;
     let key = idempotency_key(&headers)?;
     let user_id = caller.user_id.get();
+    state.limits.check_issue(user_id)?;
     if let Some(key) = &key
         && let Some(first) = state.db.issue_by_key(user_id, key.as_str()).await?
         && first.coupon_id != id

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use surge_domain::{
-    ItemId, ItemName, Money, PageLimit, RestockQuantity, StockLevel, ValidationError,
+    ItemId, ItemName, Money, PageLimit, PurchaseLimit, RestockQuantity, StockLevel, ValidationError,
 };
 use surge_persistence::PersistenceError;
 use surge_persistence::items::{ItemRecord, ItemSearch};
@@ -21,7 +21,7 @@ use surge_supervisors::CircuitState;
 
 /// New item.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateItemRequest {
     /// 1–200 characters.
     #[schema(example = "Limited sneakers")]
@@ -32,6 +32,10 @@ pub struct CreateItemRequest {
     /// Initial units, ≥ 0.
     #[schema(example = 100)]
     stock: i64,
+    /// Units one member may hold in live orders of this item, ≥ 1 (omitted: no limit). An
+    /// order past it is refused 409 PURCHASE_LIMIT.
+    #[schema(example = 2, minimum = 1)]
+    max_per_member: Option<i64>,
 }
 
 /// Units to add.
@@ -52,6 +56,8 @@ pub struct ItemResponse {
     name: String,
     price: i64,
     stock: i64,
+    /// Units one member may hold in live orders; null: no limit.
+    max_per_member: Option<i64>,
 }
 
 impl From<ItemRecord> for ItemResponse {
@@ -61,6 +67,7 @@ impl From<ItemRecord> for ItemResponse {
             name: item.name,
             price: item.price,
             stock: item.available,
+            max_per_member: item.max_per_member,
         }
     }
 }
@@ -119,7 +126,8 @@ pub async fn create(
     let name = ItemName::parse(&req.name)?;
     let price = Money::parse(req.price, "price")?;
     let stock = StockLevel::parse(req.stock)?;
-    let item = state.db.insert_item(&name, price, stock).await?;
+    let limit = req.max_per_member.map(PurchaseLimit::parse).transpose()?;
+    let item = state.db.insert_item(&name, price, stock, limit).await?;
     Ok((StatusCode::CREATED, Json(item.into())))
 }
 

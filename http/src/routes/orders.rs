@@ -302,8 +302,9 @@ async fn answer_when_final(
     responses((status = 201, body = OrderResponse), (status = 202, description = "an older order still PROCESSING (replayed)", body = OrderResponse),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "unknown item (details.lines)", body = ErrorBody),
-              (status = 409, description = "OUT_OF_STOCK (details.lines; nothing written, no orderId); COUPON_NOT_ISSUED, COUPON_ALREADY_USED, COUPON_NOT_APPLICABLE (nothing written)", body = ErrorBody),
+              (status = 409, description = "OUT_OF_STOCK (details.lines; nothing written, no orderId); PURCHASE_LIMIT (details.itemId, details.maxPerMember: the member's live orders of the item would pass its limit; nothing written); COUPON_NOT_ISSUED, COUPON_ALREADY_USED, COUPON_NOT_APPLICABLE (nothing written)", body = ErrorBody),
               (status = 422, description = "IDEMPOTENCY_KEY_REUSED", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED, with Retry-After: too many orders from this member in a short time", body = ErrorBody),
               (status = 503, description = "OVERLOADED, with Retry-After: the node is full, the database breaker is open, or the outcome is not known yet (retry with the same Idempotency-Key)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -311,6 +312,7 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateOrderRequest>,
 ) -> Result<Response, ApiError> {
+    state.limits.check_order(caller.user_id.get())?;
     let key = idempotency_key(&headers)?;
     let lines = validate(&req)?;
     let deadline = tokio::time::Instant::now() + state.orders.answer_deadline;
@@ -382,6 +384,14 @@ pub async fn create(
             "this Idempotency-Key was used with a different request",
         )),
         SagaOutcome::CouponRefused(problem) => Err(coupon_refusal(problem)),
+        SagaOutcome::PurchaseLimit { item_id, limit } => Err(ApiError::conflict(
+            "PURCHASE_LIMIT",
+            format!(
+                "a member may hold at most {limit} units of item {item_id} in live orders; \
+                 this order would pass that"
+            ),
+        )
+        .with_details(serde_json::json!({"itemId": item_id, "maxPerMember": limit}))),
         SagaOutcome::Undetermined(id, cause) => {
             tracing::warn!(order_id = id, %cause, "order outcome unknown; answering 202");
             Ok(still_processing(&state, id).await)

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, Authenticated};
+use crate::limits::ClientIp;
 use crate::state::AppState;
 
 /// Sign-up request.
@@ -81,11 +82,14 @@ pub async fn create_member(
 /// Sign up. Always creates a USER.
 #[utoipa::path(post, path = "/api/v1/users", tag = "members", request_body = SignUpRequest,
     responses((status = 201, body = UserResponse), (status = 400, body = ErrorBody),
-              (status = 409, description = "DUPLICATE_LOGIN_ID", body = ErrorBody)))]
+              (status = 409, description = "DUPLICATE_LOGIN_ID", body = ErrorBody),
+              (status = 429, description = "RATE_LIMITED, with Retry-After: too many sign-ups from this address", body = ErrorBody)))]
 pub async fn sign_up(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     ApiJson(req): ApiJson<SignUpRequest>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+    state.limits.check_signup(ip)?;
     let login_id = LoginId::parse(&req.login_id)?;
     let password = Password::parse(&req.password)?;
     password.check_new(&login_id)?;

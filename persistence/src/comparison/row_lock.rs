@@ -1,6 +1,7 @@
 //! `row-lock` and `conditional-update` (and the database half of `redis-decr`): one order line
 //! per transaction, guarded by a row lock or a conditional update.
 
+use crate::orders::ItemTerms;
 use crate::{Backend, Database, PersistenceError, now_millis};
 
 /// The outcome of one baseline reservation.
@@ -110,6 +111,19 @@ impl Database {
         .await?;
         tx.commit().await?;
         Ok(BaselineReserve::Reserved)
+    }
+
+    /// An item's price and purchase limit, without starting anything.
+    pub async fn item_terms(&self, item_id: i64) -> Result<Option<ItemTerms>, PersistenceError> {
+        let found: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT price, max_per_member FROM items WHERE id = $1")
+                .bind(item_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(found.map(|(price, max_per_member)| ItemTerms {
+            price,
+            max_per_member,
+        }))
     }
 
     /// An item's price and the units on its row, without starting anything.
