@@ -13,6 +13,9 @@ COPY --from=build /src/target/release/surge /usr/local/bin/surge
 USER surge
 WORKDIR /var/lib/surge
 ENV SURGE_HTTP_ADDR=0.0.0.0:8080
+# Open files: an image cannot set a limit, the runtime does (compose: `ulimits: nofile`, docker
+# run: `--ulimit nofile=65536:65536`). At start the node raises its soft limit to the hard one
+# and keeps SURGE_MAX_CONNECTIONS 256 below it.
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/surge"]
 CMD ["serve"]

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use surge_actors::StockStrategy;
 use surge_cluster::ClusterSettings;
 use surge_domain::{LoginId, Password};
+use surge_http::connections::ConnectionLimits;
 use surge_http::{Rate, RateLimitSettings};
 use surge_persistence::Backend;
 /// Where the API listens unless `SURGE_HTTP_ADDR` says otherwise.
@@ -132,6 +133,8 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// `SURGE_RATE_LIMITS`, `SURGE_LIMIT_*` and `SURGE_CLIENT_IP_HEADER`.
     pub rate_limits: RateLimitSettings,
+    /// `SURGE_MAX_CONNECTIONS*` and `SURGE_*_TIMEOUT_MS` of the listener.
+    pub connections: ConnectionLimits,
 }
 
 /// Where events are published.
@@ -170,7 +173,7 @@ const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 38] = [
+const VARIABLES: [&str; 43] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -209,6 +212,11 @@ const VARIABLES: [&str; 38] = [
     "SURGE_LIMIT_ORDERS_PER_MEMBER",
     "SURGE_LIMIT_ISSUES_PER_MEMBER",
     "SURGE_CLIENT_IP_HEADER",
+    "SURGE_MAX_CONNECTIONS",
+    "SURGE_MAX_CONNECTIONS_PER_IP",
+    "SURGE_HEADER_TIMEOUT_MS",
+    "SURGE_BODY_TIMEOUT_MS",
+    "SURGE_IDLE_TIMEOUT_MS",
 ];
 
 /// What [`ConfigError::variable`] says about an error no single variable caused.
@@ -429,6 +437,34 @@ pub struct ServeArgs {
     #[arg(long, env = "SURGE_CLIENT_IP_HEADER", default_value = "", hide_default_value = true,
           value_parser = optional(parse_header_name))]
     pub client_ip_header: Unset<HeaderName>,
+
+    /// Open connections at once; beyond it a new one is answered 503 and closed (also kept
+    /// 256 below the process's open-file limit).
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS", default_value = "10000",
+          value_parser = or_default("10000", number(1, 1_000_000)))]
+    pub max_connections: u64,
+
+    /// Open connections from one address at once, 0 for no cap (behind a load balancer,
+    /// which is the only address the node sees); beyond it 429 and closed.
+    #[arg(long, env = "SURGE_MAX_CONNECTIONS_PER_IP", default_value = "256",
+          value_parser = or_default("256", number(0, 1_000_000)))]
+    pub max_connections_per_ip: u64,
+
+    /// Time for a request's head to arrive whole (from the connection's start, or from the
+    /// request's first byte).
+    #[arg(long, env = "SURGE_HEADER_TIMEOUT_MS", default_value = "10000",
+          value_parser = or_default("10000", number(100, 600_000)))]
+    pub header_timeout_ms: u64,
+
+    /// Time for a request's body to arrive whole (408 otherwise).
+    #[arg(long, env = "SURGE_BODY_TIMEOUT_MS", default_value = "30000",
+          value_parser = or_default("30000", number(100, 600_000)))]
+    pub body_timeout_ms: u64,
+
+    /// Time a connection may stay open with no traffic and no request being answered.
+    #[arg(long, env = "SURGE_IDLE_TIMEOUT_MS", default_value = "60000",
+          value_parser = or_default("60000", number(100, 3_600_000)))]
+    pub idle_timeout_ms: u64,
 }
 
 /// `SURGE_CORS_ORIGINS`, parsed.
@@ -567,7 +603,15 @@ impl ServeArgs {
             issues_per_member: self.limit_issues_per_member,
             client_ip_header: self.client_ip_header.0,
         };
+        let connections = ConnectionLimits {
+            max_connections: to_usize(self.max_connections),
+            max_connections_per_ip: to_usize(self.max_connections_per_ip),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+        };
         Ok(Config {
+            connections,
             rate_limits,
             cors_origins: self.cors_origins.0,
             cluster,

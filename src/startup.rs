@@ -15,6 +15,7 @@ use surge_actors::{
 };
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
+use surge_http::connections::ConnectionLimits;
 use surge_http::{
     AppState, AuthService, AuthSettings, Metrics, NodeInfo, OrderServices, RateLimits,
 };
@@ -109,6 +110,7 @@ impl StopHandle {
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    connections: ConnectionLimits,
     admin_listener: Option<TcpListener>,
     state: AppState,
     stop: watch::Sender<bool>,
@@ -315,6 +317,7 @@ impl Application {
             items: Arc::default(),
             cors_origins: config.cors_origins.clone().into(),
             limits: Arc::new(RateLimits::new(&config.rate_limits)),
+            body_timeout: config.connections.body_timeout,
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;
@@ -332,8 +335,10 @@ impl Application {
             consumers: events.consumers,
             reservation_ttl: config.reservation_ttl,
         };
+        let connections = within_file_limit(config.connections);
         Ok(Self {
             listener,
+            connections,
             admin_listener,
             state,
             stop,
@@ -364,6 +369,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
             listener,
+            connections,
             admin_listener,
             state,
             stop,
@@ -432,12 +438,8 @@ impl Application {
             database = state.db.backend().as_str(),
             "surge ready"
         );
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(&stop))
-        .await;
+        let served =
+            surge_http::connections::serve(listener, router, connections, stop.subscribe()).await;
         background.finish().await;
         // In-flight requests are done. In order: sagas still running (they may outlive their
         // requests) finish, within their own deadline; the stock actors give their unsold
@@ -663,6 +665,32 @@ async fn follow_revocations(db: Database, auth: Arc<AuthService>, mut stop: watc
             Err(e) => tracing::debug!(error = %e, "could not read revocations"),
         }
     }
+}
+
+/// File descriptors kept free of connections: database and Redis pools, the SQLite files,
+/// peers, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one (containers often start with 1,024 soft)
+/// and keeps the connection cap below it, so a full node still opens its own files.
+fn within_file_limit(mut limits: ConnectionLimits) -> ConnectionLimits {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => {
+            let room =
+                usize::try_from(files.saturating_sub(RESERVED_FILES).max(1)).unwrap_or(usize::MAX);
+            if limits.max_connections > room {
+                tracing::warn!(
+                    configured = limits.max_connections,
+                    open_file_limit = files,
+                    used = room,
+                    "SURGE_MAX_CONNECTIONS is above what the open-file limit allows; using less"
+                );
+                limits.max_connections = room;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read or raise the open-file limit"),
+    }
+    limits
 }
 
 /// How often the rate limiters forget clients whose allowance is full again.

@@ -53,6 +53,7 @@ fn start_with(dir: &std::path::Path, settings: &[(&str, String)]) -> Node {
         .env("SURGE_BOOTSTRAP_ADMIN_PASSWORD", "crash-admin-password")
         .env("SURGE_RESERVATION_TTL_MS", "1500")
         .env("SURGE_RATE_LIMITS", "off")
+        .env("SURGE_MAX_CONNECTIONS_PER_IP", "0")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

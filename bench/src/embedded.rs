@@ -48,11 +48,12 @@ const READY_POLL: Duration = Duration::from_millis(50);
 const PORT_ATTEMPTS: usize = 3;
 /// The node's settings this module decides (besides `SURGE_HTTP_ADDR`); see
 /// [`EmbeddedNode::setting`].
-const DECIDED: [&str; 9] = [
+const DECIDED: [&str; 10] = [
     "SURGE_DATABASE_URL",
     "SURGE_JWT_SECRET",
     "SURGE_ADMIN_ADDR",
     "SURGE_RATE_LIMITS",
+    "SURGE_MAX_CONNECTIONS_PER_IP",
     "SURGE_STOCK_STRATEGY",
     "SURGE_REDIS_URL",
     "SURGE_REDIS_KEY_PREFIX",
@@ -298,6 +299,7 @@ impl EmbeddedNode {
             "SURGE_ADMIN_ADDR" => Some(String::new()),
             // A load test is one machine making thousands of members and orders.
             "SURGE_RATE_LIMITS" => Some("off".to_owned()),
+            "SURGE_MAX_CONNECTIONS_PER_IP" => Some("0".to_owned()),
             "SURGE_STOCK_STRATEGY" => self.stock_strategy.map(|s| s.name().to_owned()),
             "SURGE_REDIS_URL" => self.redis.as_ref().map(|r| r.url.clone()),
             "SURGE_REDIS_KEY_PREFIX" => self.redis.as_ref().map(|r| r.prefix.clone()),

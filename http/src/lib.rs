@@ -3,6 +3,7 @@
 //! no state of their own.
 
 pub mod auth;
+pub mod connections;
 pub mod cursor;
 pub mod error;
 mod extract;
@@ -247,6 +248,10 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.body_timeout,
+            connections::bounded_request,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn_with_state(
             node_header(&state.node.node_id),

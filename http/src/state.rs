@@ -41,6 +41,8 @@ pub struct AppState {
     /// Rate limits on login, sign-up, orders and coupon issues; one set per node, shared by
     /// every connection.
     pub limits: Arc<crate::limits::RateLimits>,
+    /// `SURGE_BODY_TIMEOUT_MS`: a request body must arrive whole within this (408 otherwise).
+    pub body_timeout: Duration,
 }
 
 /// Which node answers, for `x-surge-node` and the admin pages.

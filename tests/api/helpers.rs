@@ -103,8 +103,10 @@ impl TestDatabase {
             // Debug builds on two shared cores are slow; a test that wants 202 sets its own.
             ("SURGE_ORDER_ANSWER_TIMEOUT_MS", "30000".to_owned()),
             ("SURGE_COUPON_ANSWER_TIMEOUT_MS", "30000".to_owned()),
-            // Tests sign up and order from one address; the rate-limit tests turn them on.
+            // Tests sign up and order from one address, with up to thousands of connections at
+            // once; the rate-limit and connection tests set their own limits.
             ("SURGE_RATE_LIMITS", "off".to_owned()),
+            ("SURGE_MAX_CONNECTIONS_PER_IP", "0".to_owned()),
         ]);
         if self.backend == Backend::Postgres {
             vars.push(("SURGE_JWT_SECRET", PG_JWT_SECRET.to_owned()));

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod auth;
+mod connections;
 mod coupon_orders;
 mod coupon_outage;
 mod coupons;

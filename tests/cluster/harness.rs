@@ -63,6 +63,7 @@ impl ClusterEnv {
             ("SURGE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
             ("SURGE_RESERVATION_TTL_MS", "1500".into()),
             ("SURGE_RATE_LIMITS", "off".into()),
+            ("SURGE_MAX_CONNECTIONS_PER_IP", "0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

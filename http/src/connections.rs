@@ -1,0 +1,504 @@
+//! The listener: accepts connections under a global and a per-address cap, serves each with
+//! HTTP/1.1, and closes connections that stall.
+//!
+//! A public node must not be taken offline by one client that opens sockets and sends nothing,
+//! sends a header line every few seconds (slowloris), or trickles a declared body byte by byte.
+//! Each connection has a watchdog in its own task that closes it when:
+//! - the head of a request (from the connection's start, or from the first byte after an idle
+//!   spell) is not complete within the header timeout;
+//! - no byte moved either way for the idle timeout while no request is being answered;
+//!
+//! and the body of a request must arrive whole within the body timeout ([`read_body`], 408).
+//! A body whose declared length is over the limit is refused before any of it is read (413).
+//! Answers that take long legitimately (order status streams) write heartbeats, which count as
+//! traffic.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tower::ServiceExt;
+
+use crate::error::{ApiError, MAX_BODY_BYTES};
+
+/// Limits of the listener (`SURGE_MAX_CONNECTIONS`, `SURGE_*_TIMEOUT_MS`, …).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections at once; beyond it a new connection is answered 503 and closed. Kept
+    /// below the process's file limit so that the node can still open files and database
+    /// connections when it is full.
+    pub max_connections: usize,
+    /// Open connections from one address at once (0: no cap); beyond it 429 and closed. Behind
+    /// a load balancer every connection comes from the balancer: set it to 0 there and cap per
+    /// client at the balancer.
+    pub max_connections_per_ip: usize,
+    /// Time for a request's head to arrive whole, from the connection's start or from the
+    /// first byte of the request.
+    pub header_timeout: Duration,
+    /// Time for a request's body to arrive whole.
+    pub body_timeout: Duration,
+    /// Time a connection may stay open with nothing moving and no request being answered.
+    pub idle_timeout: Duration,
+}
+
+/// How often a connection's watchdog looks at it. Timeouts fire up to this late.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+/// How long a refused connection gets to take its short answer.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Pause after an accept error (typically out of file descriptors) before accepting again, so
+/// the loop does not spin while connections close.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the watchdog knows of one connection, updated by its reads, writes and requests.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    /// Milliseconds since `opened` of the last byte read or written.
+    last_traffic: AtomicU64,
+    /// Milliseconds since `opened` (plus one, so 0 means none) when the head now being read
+    /// began: set at the start and by the first byte read while no request is being answered,
+    /// cleared when a head is complete.
+    head_started: AtomicU64,
+    /// Requests whose answer is being made (the service was called and has not answered).
+    answering: AtomicU32,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_traffic: AtomicU64::new(0),
+            head_started: AtomicU64::new(1),
+            answering: AtomicU32::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn traffic(&self, read: bool) {
+        let now = self.now_ms();
+        self.last_traffic.store(now, Ordering::Relaxed);
+        if read && self.answering.load(Ordering::Acquire) == 0 {
+            let _ =
+                self.head_started
+                    .compare_exchange(0, now + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    fn request_started(&self) {
+        self.answering.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(0, Ordering::Release);
+    }
+
+    fn request_answered(&self) {
+        self.last_traffic.store(self.now_ms(), Ordering::Relaxed);
+        self.answering.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Why the connection must close now, if it must.
+    fn overdue(&self, limits: &ConnectionLimits) -> Option<&'static str> {
+        let now = self.now_ms();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if self.answering.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let head = self.head_started.load(Ordering::Acquire);
+        if head > 0 {
+            return (now.saturating_sub(head - 1) > ms(limits.header_timeout))
+                .then_some("request head not complete in time");
+        }
+        (now.saturating_sub(self.last_traffic.load(Ordering::Relaxed)) > ms(limits.idle_timeout))
+            .then_some("idle")
+    }
+}
+
+/// A socket that tells its [`Activity`] about every byte moved.
+struct WatchedIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.traffic(true);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.traffic(false);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.traffic(false);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Open connections per address.
+#[derive(Debug, Default)]
+struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerAddress {
+    fn enter(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if cap > 0 && *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One open connection of an address; dropping it frees the slot.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The short answer of a refused connection, in the error envelope.
+fn refusal(status: StatusCode, code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn refuse(mut stream: TcpStream, answer: Vec<u8>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    });
+}
+
+/// Serves `router` on `listener` until `stop` turns true; then stops accepting, lets every
+/// open connection finish its request in flight, and returns once all are closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The watchdog keeps the time of every phase; hyper's own header timer (which also ends
+    // idle keep-alive connections at the header timeout) is off.
+    builder.keep_alive(true).header_read_timeout(None);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            refuse(
+                stream,
+                refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OVERLOADED",
+                    "the node has too many open connections; try again shortly",
+                ),
+            );
+            continue;
+        };
+        let Some(slot) = per_address.enter(peer.ip(), limits.max_connections_per_ip) else {
+            refuse(
+                stream,
+                refusal(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "too many open connections from this address",
+                ),
+            );
+            continue;
+        };
+        let connection =
+            serve_connection(&builder, stream, peer, router.clone(), limits, stop.clone());
+        tokio::spawn(async move {
+            connection.await;
+            drop(slot);
+            drop(permit);
+        });
+    }
+    // Every connection holds a permit until it is closed.
+    let _all_closed = open.acquire_many(permits).await;
+    Ok(())
+}
+
+/// Resolves once the stop signal is on (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+fn serve_connection(
+    builder: &hyper::server::conn::http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let service_activity = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+        let activity = Arc::clone(&service_activity);
+        activity.request_started();
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let answer = router.clone().oneshot(request);
+        async move {
+            let response = answer.await;
+            activity.request_answered();
+            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+        }
+    });
+    let connection = builder.serve_connection(io, service);
+    async move {
+        let mut connection = std::pin::pin!(connection);
+        let mut tick = tokio::time::interval(WATCH_TICK);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = tick.tick() => {
+                    if let Some(reason) = activity.overdue(&limits) {
+                        tracing::debug!(%peer, reason, "closing a stalled connection");
+                        return;
+                    }
+                }
+                () = stopped(&mut stop), if !stopping => {
+                    stopping = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The longest request target accepted (414 beyond, in the error envelope; hyper's own limit,
+/// 64 KiB, answers without one).
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most header bytes (names and values) accepted (431 beyond, in the error envelope;
+/// hyper's own limit, about 400 KiB, answers without one).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Checks a request's size and reads its body whole before the handler runs: a target over
+/// [`MAX_URI_BYTES`] is 414, headers over [`MAX_HEADER_BYTES`] 431, a declared length over
+/// [`MAX_BODY_BYTES`] 413 before any of the body is read, and a body that does not arrive
+/// within `body_timeout` 408. These answers close the connection (the rest of the request is
+/// never read).
+pub async fn bounded_request(
+    axum::extract::State(body_timeout): axum::extract::State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.uri().to_string().len() > MAX_URI_BYTES {
+        return closing(ApiError::UriTooLong {
+            limit: MAX_URI_BYTES,
+        });
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return closing(ApiError::HeadersTooLarge {
+            limit: MAX_HEADER_BYTES,
+        });
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return closing(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
+    match read.await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => closing(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }),
+        Err(_) => closing(ApiError::RequestTimeout),
+    }
+}
+
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: 10,
+            max_connections_per_ip: 2,
+            header_timeout: Duration::from_millis(40),
+            body_timeout: Duration::from_millis(40),
+            idle_timeout: Duration::from_millis(80),
+        }
+    }
+
+    #[test]
+    fn a_head_that_does_not_complete_in_time_is_overdue() {
+        let activity = Activity::new();
+        assert_eq!(activity.overdue(&limits()), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(
+            activity.overdue(&limits()).is_some(),
+            "nothing sent since the start"
+        );
+    }
+
+    #[test]
+    fn an_answered_request_leaves_the_idle_timeout_not_the_header_timeout() {
+        let activity = Activity::new();
+        activity.traffic(true);
+        activity.request_started();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            activity.overdue(&limits()),
+            None,
+            "a request is being answered"
+        );
+        activity.request_answered();
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            activity.overdue(&limits()),
+            None,
+            "idle for less than 80 ms"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(activity.overdue(&limits()), Some("idle"));
+        // A byte of the next request starts the header clock again.
+        activity.traffic(true);
+        assert_eq!(activity.overdue(&limits()), None);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            activity.overdue(&limits()),
+            Some("request head not complete in time")
+        );
+    }
+
+    #[test]
+    fn an_address_gets_its_cap_and_slots_come_back() {
+        let table = Arc::new(PerAddress::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let a = table.enter(ip, 2);
+        let b = table.enter(ip, 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(table.enter(ip, 2).is_none());
+        drop(a);
+        assert!(table.enter(ip, 2).is_some());
+        assert!(table.enter(ip, 0).is_some(), "0: no cap");
+    }
+}
