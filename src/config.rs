@@ -135,6 +135,12 @@ pub struct Config {
     pub rate_limits: RateLimitSettings,
     /// `SURGE_MAX_CONNECTIONS*` and `SURGE_*_TIMEOUT_MS` of the listener.
     pub connections: ConnectionLimits,
+    /// `SURGE_MAX_STREAMS_PER_MEMBER`: order status streams one member may keep open.
+    pub max_streams_per_member: usize,
+    /// `SURGE_MAX_STREAMS`: order status streams open on the node.
+    pub max_streams: usize,
+    /// `SURGE_STREAM_IDLE_TIMEOUT_MS`: a stream without a change for this long is closed.
+    pub stream_idle_timeout: Duration,
 }
 
 /// Where events are published.
@@ -173,7 +179,7 @@ const MIN_CLUSTER_SECRET_BYTES: usize = 32;
 const MAX_KEY_PREFIX: usize = 64;
 
 /// Every variable [`ServeArgs`] reads, so that an error can name it with a `&'static str`.
-const VARIABLES: [&str; 43] = [
+const VARIABLES: [&str; 46] = [
     "SURGE_HTTP_ADDR",
     "SURGE_ADMIN_ADDR",
     "SURGE_DATABASE_URL",
@@ -217,6 +223,9 @@ const VARIABLES: [&str; 43] = [
     "SURGE_HEADER_TIMEOUT_MS",
     "SURGE_BODY_TIMEOUT_MS",
     "SURGE_IDLE_TIMEOUT_MS",
+    "SURGE_MAX_STREAMS_PER_MEMBER",
+    "SURGE_MAX_STREAMS",
+    "SURGE_STREAM_IDLE_TIMEOUT_MS",
 ];
 
 /// What [`ConfigError::variable`] says about an error no single variable caused.
@@ -465,6 +474,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SURGE_IDLE_TIMEOUT_MS", default_value = "60000",
           value_parser = or_default("60000", number(100, 3_600_000)))]
     pub idle_timeout_ms: u64,
+
+    /// Order status streams (SSE) one member may keep open at once; past it 429.
+    #[arg(long, env = "SURGE_MAX_STREAMS_PER_MEMBER", default_value = "5",
+          value_parser = or_default("5", number(1, 1_000)))]
+    pub max_streams_per_member: u64,
+
+    /// Order status streams open on the node at once; past it 503.
+    #[arg(long, env = "SURGE_MAX_STREAMS", default_value = "10000",
+          value_parser = or_default("10000", number(1, 1_000_000)))]
+    pub max_streams: u64,
+
+    /// An order status stream whose order did not change for this long is closed (the client
+    /// reconnects); heartbeats every 15 s keep it open until then.
+    #[arg(long, env = "SURGE_STREAM_IDLE_TIMEOUT_MS", default_value = "300000",
+          value_parser = or_default("300000", number(100, 86_400_000)))]
+    pub stream_idle_timeout_ms: u64,
 }
 
 /// `SURGE_CORS_ORIGINS`, parsed.
@@ -611,6 +636,9 @@ impl ServeArgs {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
         };
         Ok(Config {
+            max_streams_per_member: to_usize(self.max_streams_per_member),
+            max_streams: to_usize(self.max_streams),
+            stream_idle_timeout: Duration::from_millis(self.stream_idle_timeout_ms),
             connections,
             rate_limits,
             cors_origins: self.cors_origins.0,

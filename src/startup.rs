@@ -16,8 +16,9 @@ use surge_actors::{
 use surge_domain::{Role, UserName};
 use surge_http::auth::denylist_horizon_millis;
 use surge_http::connections::ConnectionLimits;
+use surge_http::slots::Slots;
 use surge_http::{
-    AppState, AuthService, AuthSettings, Metrics, NodeInfo, OrderServices, RateLimits,
+    AppState, AuthService, AuthSettings, Metrics, NodeInfo, OrderServices, OrderStreams, RateLimits,
 };
 use surge_persistence::committer::{CommitterConfig, GroupCommitter, WriterGuard};
 use surge_persistence::comparison::RedisStock;
@@ -318,6 +319,13 @@ impl Application {
             cors_origins: config.cors_origins.clone().into(),
             limits: Arc::new(RateLimits::new(&config.rate_limits)),
             body_timeout: config.connections.body_timeout,
+            streams: Arc::new(OrderStreams {
+                slots: Arc::new(Slots::new(
+                    config.max_streams_per_member,
+                    config.max_streams,
+                )),
+                idle_timeout: config.stream_idle_timeout,
+            }),
         };
         if let Some(admin) = &config.bootstrap_admin {
             ensure_bootstrap_admin(&state, admin).await?;

@@ -13,14 +13,13 @@
 //! Answers that take long legitimately (order status streams) write heartbeats, which count as
 //! traffic.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,7 @@ use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 use crate::error::{ApiError, MAX_BODY_BYTES};
+use crate::slots::Slots;
 
 /// Limits of the listener (`SURGE_MAX_CONNECTIONS`, `SURGE_*_TIMEOUT_MS`, …).
 #[derive(Debug, Clone, Copy)]
@@ -190,43 +190,6 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
-/// Open connections per address.
-#[derive(Debug, Default)]
-struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
-
-impl PerAddress {
-    fn enter(self: &Arc<Self>, ip: IpAddr, cap: usize) -> Option<AddressSlot> {
-        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(ip).or_insert(0);
-        if cap > 0 && *count >= cap {
-            return None;
-        }
-        *count += 1;
-        Some(AddressSlot {
-            table: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-/// One open connection of an address; dropping it frees the slot.
-struct AddressSlot {
-    table: Arc<PerAddress>,
-    ip: IpAddr,
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut open = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// The short answer of a refused connection, in the error envelope.
 fn refusal(status: StatusCode, code: &str, message: &str) -> Vec<u8> {
     let body = serde_json::json!({ "code": code, "message": message }).to_string();
@@ -258,7 +221,7 @@ pub async fn serve(
 ) -> io::Result<()> {
     let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(PerAddress::default());
+    let per_address = Arc::new(Slots::new(limits.max_connections_per_ip, 0));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The watchdog keeps the time of every phase; hyper's own header timer (which also ends
     // idle keep-alive connections at the header timeout) is off.
@@ -287,7 +250,7 @@ pub async fn serve(
             );
             continue;
         };
-        let Some(slot) = per_address.enter(peer.ip(), limits.max_connections_per_ip) else {
+        let Ok(slot) = per_address.take(peer.ip()) else {
             refuse(
                 stream,
                 refusal(
@@ -487,18 +450,5 @@ mod tests {
             activity.overdue(&limits()),
             Some("request head not complete in time")
         );
-    }
-
-    #[test]
-    fn an_address_gets_its_cap_and_slots_come_back() {
-        let table = Arc::new(PerAddress::default());
-        let ip: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let a = table.enter(ip, 2);
-        let b = table.enter(ip, 2);
-        assert!(a.is_some() && b.is_some());
-        assert!(table.enter(ip, 2).is_none());
-        drop(a);
-        assert!(table.enter(ip, 2).is_some());
-        assert!(table.enter(ip, 0).is_some(), "0: no cap");
     }
 }

@@ -13,6 +13,7 @@ pub mod metrics;
 mod password;
 pub mod refresh_grace;
 mod routes;
+pub mod slots;
 mod state;
 use surge_domain::time_fmt;
 
@@ -32,7 +33,7 @@ pub use error::{ApiError, ErrorBody, MAX_BODY_BYTES};
 pub use limits::{Rate, RateLimitSettings, RateLimits};
 pub use metrics::Metrics;
 pub use routes::users::create_member;
-pub use state::{AppState, NodeInfo, OrderServices};
+pub use state::{AppState, NodeInfo, OrderServices, OrderStreams};
 
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]

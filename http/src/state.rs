@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::auth::AuthService;
 use crate::item_cache::LastKnownItems;
 use crate::metrics::Metrics;
+use crate::slots::Slots;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -43,6 +44,20 @@ pub struct AppState {
     pub limits: Arc<crate::limits::RateLimits>,
     /// `SURGE_BODY_TIMEOUT_MS`: a request body must arrive whole within this (408 otherwise).
     pub body_timeout: Duration,
+    /// Order status streams (SSE) open on this node.
+    pub streams: Arc<OrderStreams>,
+}
+
+/// Order status streams (SSE): each holds a connection and a subscription for as long as the
+/// client keeps it, so they are capped per member and per node, and closed when idle.
+#[derive(Debug)]
+pub struct OrderStreams {
+    /// Open streams per member (`SURGE_MAX_STREAMS_PER_MEMBER`) and on the node
+    /// (`SURGE_MAX_STREAMS`).
+    pub slots: Arc<Slots<i64>>,
+    /// `SURGE_STREAM_IDLE_TIMEOUT_MS`: a stream whose order did not change for this long is
+    /// closed (an `EventSource` reconnects and reads the current status first).
+    pub idle_timeout: Duration,
 }
 
 /// Which node answers, for `x-surge-node` and the admin pages.

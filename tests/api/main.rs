@@ -26,3 +26,4 @@ mod purchase_limits;
 mod restart;
 mod stock;
 mod strategies;
+mod streams;

@@ -23,6 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Authenticated};
+use crate::slots::{Slot, SlotRefused};
 use crate::state::AppState;
 use crate::time_fmt::rfc3339;
 
@@ -557,7 +558,9 @@ fn short(e: &surge_persistence::PersistenceError) -> &'static str {
     params(("orderId" = i64, Path, description = "order id")),
     responses((status = 200, description = "text/event-stream of `status` events", content_type = "text/event-stream"),
               (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody, description = "no such order, or not the caller's")))]
+              (status = 404, body = ErrorBody, description = "no such order, or not the caller's"),
+              (status = 429, body = ErrorBody, description = "RATE_LIMITED, with Retry-After: the member has as many streams open as allowed"),
+              (status = 503, body = ErrorBody, description = "OVERLOADED, with Retry-After: the node has as many streams open as allowed")))]
 pub async fn events(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -569,7 +572,23 @@ pub async fn events(
     if order.user_id != caller.user_id.get() {
         return Err(ApiError::NotFound("order"));
     }
+    let slot = state
+        .streams
+        .slots
+        .take(caller.user_id.get())
+        .map_err(|refused| match refused {
+            SlotRefused::Key => ApiError::RateLimited {
+                message: "too many order streams open for this member; close one first",
+                retry_after_secs: 1,
+            },
+            SlotRefused::Total => ApiError::Overloaded {
+                message: "the node has too many order streams open; try again shortly".into(),
+                retry_after_secs: 1,
+            },
+        })?;
+    let idle_timeout = state.streams.idle_timeout;
     let follow = Follow {
+        _slot: slot,
         rx,
         db: state.db.clone(),
         order_id: order.id,
@@ -577,8 +596,11 @@ pub async fn events(
         last: None,
         done: false,
     };
-    let stream = futures_util::stream::unfold(follow, |mut f| async move {
-        let status = f.next_status().await?;
+    let stream = futures_util::stream::unfold(follow, move |mut f| async move {
+        // No change for the idle timeout: the stream ends (and its slot is given back).
+        let status = tokio::time::timeout(idle_timeout, f.next_status())
+            .await
+            .ok()??;
         f.done = status.is_decided();
         let event = Event::default()
             .event("status")
@@ -592,6 +614,8 @@ pub async fn events(
 
 /// The state of one SSE stream.
 struct Follow {
+    /// The member's stream slot, held as long as the stream lives.
+    _slot: Slot<i64>,
     rx: tokio::sync::broadcast::Receiver<surge_actors::orders::OrderEvent>,
     db: surge_persistence::Database,
     order_id: i64,
