@@ -30,3 +30,8 @@ fi
 
 echo "test.sh: cargo ${cargo_args[*]} $*" >&2
 cargo "${cargo_args[@]}" "$@"
+
+# The HTTP contract, machine-checked (the whole run only: arguments narrow `cargo test`).
+if [ $# -eq 0 ]; then
+  bash scripts/schemathesis.sh
+fi

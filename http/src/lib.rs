@@ -35,6 +35,22 @@ pub use metrics::Metrics;
 pub use routes::users::create_member;
 pub use state::{AppState, NodeInfo, OrderServices, OrderStreams};
 
+/// OpenAPI `pattern`s of text fields (ECMA-262 and Python `re` read them alike).
+pub(crate) mod patterns {
+    /// Free text: no control characters (Unicode Cc), no bidirectional-format or zero-width
+    /// characters, and at least one character that is not whitespace (what
+    /// `surge_domain::text` checks after trimming).
+    pub(crate) const VISIBLE_TEXT: &str = concat!(
+        r"^[^\u0000-\u001F\u007F-\u009F\u061C\u200B-\u200F\u202A-\u202E\u2060-\u2069\uFEFF]*",
+        r"[^\s\u0000-\u001F\u007F-\u009F\u061C\u200B-\u200F\u202A-\u202E\u2060-\u2069\uFEFF]",
+        r"[^\u0000-\u001F\u007F-\u009F\u061C\u200B-\u200F\u202A-\u202E\u2060-\u2069\uFEFF]*$"
+    );
+    /// A login id.
+    pub(crate) const LOGIN_ID: &str = r"^[A-Za-z0-9_.-]+$";
+    /// An `Idempotency-Key`: visible ASCII.
+    pub(crate) const IDEMPOTENCY_KEY: &str = r"^[!-~]+$";
+}
+
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
@@ -53,7 +69,7 @@ pub use state::{AppState, NodeInfo, OrderServices, OrderStreams};
         routes::ops::live, routes::ops::ready, routes::ops::metrics_for_admin,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth, &CommonAnswers),
+    modifiers(&BearerAuth, &CommonAnswers, &Constraints),
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
@@ -141,11 +157,82 @@ impl Modify for CommonAnswers {
                         "VALIDATION_FAILED: a path parameter that is not a number",
                     );
                 }
+                add("414", "URI_TOO_LONG: the request target is over 8 KiB");
+                add(
+                    "431",
+                    "HEADERS_TOO_LARGE: the request headers are over 16 KiB",
+                );
+                if operation.request_body.is_some() {
+                    add(
+                        "408",
+                        "REQUEST_TIMEOUT: the body did not arrive whole within SURGE_BODY_TIMEOUT_MS",
+                    );
+                }
                 if !path.starts_with("/health") {
                     add(
                         "503",
                         "UNAVAILABLE or OVERLOADED: a dependency failed or the node is full; retry after Retry-After",
                     );
+                }
+            }
+        }
+    }
+}
+
+/// The constraints the annotations cannot state: text patterns (an attribute takes only a
+/// literal, and these are shared), ids in paths (positive), the `Idempotency-Key` header.
+struct Constraints;
+
+/// (schema, property, pattern) of every patterned text field of a request.
+const TEXT_PATTERNS: [(&str, &str, &str); 6] = [
+    ("SignUpRequest", "loginId", patterns::LOGIN_ID),
+    ("SignUpRequest", "password", patterns::VISIBLE_TEXT),
+    ("SignUpRequest", "name", patterns::VISIBLE_TEXT),
+    ("CreateItemRequest", "name", patterns::VISIBLE_TEXT),
+    ("CreateCouponRequest", "name", patterns::VISIBLE_TEXT),
+    (
+        "CreateCouponRequest",
+        "description",
+        r"^[^\u0000-\u001F\u007F-\u009F]*$",
+    ),
+];
+
+impl Modify for Constraints {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        use utoipa::openapi::{RefOr, Schema};
+        if let Some(components) = openapi.components.as_mut() {
+            for (schema, property, pattern) in TEXT_PATTERNS {
+                let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+                else {
+                    continue;
+                };
+                if let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(property) {
+                    field.pattern = Some(pattern.to_owned());
+                }
+            }
+        }
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let schema = match parameter.parameter_in {
+                        ParameterIn::Path => ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                            .minimum(Some(1))
+                            .build(),
+                        ParameterIn::Header if parameter.name == "Idempotency-Key" => {
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .min_length(Some(1))
+                                .max_length(Some(surge_domain::MAX_IDEMPOTENCY_KEY_BYTES))
+                                .pattern(Some(patterns::IDEMPOTENCY_KEY))
+                                .build()
+                        }
+                        _ => continue,
+                    };
+                    parameter.schema = Some(schema.into());
                 }
             }
         }

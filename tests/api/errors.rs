@@ -277,8 +277,8 @@ fn cases(item: i64) -> Vec<Case> {
             &restock,
             true,
             Body::Json(json!({"quantity": 1_000_000_000})),
-            400,
-            "VALIDATION_FAILED",
+            409,
+            "STOCK_LIMIT",
         ),
         case(
             "item id not a number",

@@ -90,23 +90,27 @@ pub async fn cluster(State(state): State<AppState>, Admin(_): Admin) -> Json<Val
     security(("bearer" = [])),
     params(("itemId" = i64, Path, description = "Item id")),
     responses((status = 200, description = "{itemId, shard, owner, epoch}"),
-              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody, description = "not an item id (ids are positive)")))]
 pub async fn cluster_item(
     State(state): State<AppState>,
     Admin(_): Admin,
     ApiPath(item_id): ApiPath<i64>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
+    let item_id = surge_domain::ItemId::parse(item_id, "itemId")
+        .map_err(|_| ApiError::NotFound("item"))?
+        .get();
     if let Some(cluster) = &state.node.cluster {
-        return Json(cluster.view().admin_item(item_id));
+        return Ok(Json(cluster.view().admin_item(item_id)));
     }
     let shard = surge_persistence::cluster::shard_of(item_id, state.node.shards);
-    Json(json!({
+    Ok(Json(json!({
         "itemId": item_id,
         "shard": shard,
         "owner": &*state.node.node_id,
         "epoch": 0,
         "servedHere": true,
-    }))
+    })))
 }
 
 /// Marks a member verified (whatever the shop checks): coupons with `verifiedOnly` may then be

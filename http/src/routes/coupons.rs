@@ -26,7 +26,7 @@ use crate::time_fmt::{parse_rfc3339, rfc3339};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WaitingRoomSettings {
     /// Members admitted (and issued, while any are left) per second, 1–100,000.
-    #[schema(example = 200)]
+    #[schema(example = 200, minimum = 1, maximum = 100_000)]
     admit_per_second: i64,
 }
 
@@ -35,24 +35,28 @@ pub struct WaitingRoomSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateCouponRequest {
     /// Unique, 1–100 characters.
-    #[schema(example = "Black Friday 15%")]
+    #[schema(example = "Black Friday 15%", min_length = 1, max_length = 100)]
     name: String,
     /// Up to 1,000 characters.
+    #[schema(max_length = 1_000)]
     description: Option<String>,
     /// The item it discounts (that item's whole line); absent: the whole order.
+    #[schema(minimum = 1)]
     item_id: Option<i64>,
     /// 0–100, at most one decimal.
-    #[schema(example = 15.5)]
+    #[schema(example = 15.5, minimum = 0, maximum = 100, multiple_of = 0.1)]
     discount_rate: f64,
-    /// How many may be issued, ≥ 0.
-    #[schema(example = 100)]
+    /// How many may be issued, 0 to 100,000,000.
+    #[schema(example = 100, minimum = 0, maximum = 100_000_000)]
     quantity: i64,
     /// RFC 3339; issuing starts then (default: now).
+    #[schema(format = DateTime)]
     opens_at: Option<String>,
     /// Queue members and admit them at a fixed rate (for demand far above supply).
     waiting_room: Option<WaitingRoomSettings>,
     /// Only members whose account is at least this old (0–31,536,000 s) may be issued it;
     /// younger ones are refused 403 `NOT_ELIGIBLE` (accounts made in bulk for a drop).
+    #[schema(minimum = 0, maximum = 31_536_000)]
     min_account_age_seconds: Option<i64>,
     /// Only members an ADMIN verified (`POST /admin/users/{id}/verify`) may be issued it;
     /// others are refused 403 `NOT_ELIGIBLE`.

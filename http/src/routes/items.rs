@@ -24,17 +24,17 @@ use surge_supervisors::CircuitState;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateItemRequest {
     /// 1–200 characters.
-    #[schema(example = "Limited sneakers")]
+    #[schema(example = "Limited sneakers", min_length = 1, max_length = 200)]
     name: String,
-    /// Unit price in the smallest currency unit, ≥ 0.
-    #[schema(example = 129000)]
+    /// Unit price in the smallest currency unit, 0 to 100,000,000,000.
+    #[schema(example = 129000, minimum = 0, maximum = 100_000_000_000_i64)]
     price: i64,
-    /// Initial units, ≥ 0.
-    #[schema(example = 100)]
+    /// Initial units, 0 to 1,000,000,000.
+    #[schema(example = 100, minimum = 0, maximum = 1_000_000_000)]
     stock: i64,
     /// Units one member may hold in live orders of this item, ≥ 1 (omitted: no limit). An
     /// order past it is refused 409 PURCHASE_LIMIT.
-    #[schema(example = 2, minimum = 1)]
+    #[schema(example = 2, minimum = 1, maximum = 1_000_000_000)]
     max_per_member: Option<i64>,
 }
 
@@ -42,8 +42,8 @@ pub struct CreateItemRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
-    /// > 0.
-    #[schema(example = 50)]
+    /// 1 to 1,000,000,000 (the item's stock may not pass 1,000,000,000: 409).
+    #[schema(example = 50, minimum = 1, maximum = 1_000_000_000)]
     quantity: i64,
 }
 
@@ -87,14 +87,18 @@ pub struct ItemPage {
 #[into_params(parameter_in = Query)]
 pub struct ItemQuery {
     /// Name contains this text.
+    #[param(max_length = 200)]
     q: Option<String>,
     /// Lowest price, inclusive.
+    #[param(minimum = 0, maximum = 100_000_000_000_i64)]
     min_price: Option<i64>,
     /// Highest price, inclusive.
+    #[param(minimum = 0, maximum = 100_000_000_000_i64)]
     max_price: Option<i64>,
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    /// Opaque cursor from the previous page.
+    /// Opaque cursor from the previous page (empty: the first page).
     cursor: Option<String>,
 }
 
@@ -203,6 +207,7 @@ pub async fn search(
     let after = query
         .cursor
         .as_deref()
+        .filter(|c| !c.is_empty())
         .map(|c| decode_cursor(state.auth.cursors(), c))
         .transpose()?;
     let mut rows = state
@@ -234,7 +239,8 @@ pub async fn search(
     security(("bearer" = [])), request_body = RestockRequest,
     params(("itemId" = i64, Path, description = "item id")),
     responses((status = 200, body = ItemResponse), (status = 400, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "STOCK_LIMIT: the item's stock would pass 1,000,000,000 units")))]
 pub async fn restock(
     State(state): State<AppState>,
     Admin(_admin): Admin,
@@ -249,10 +255,10 @@ pub async fn restock(
         .await
         .map_err(|e| match e {
             PersistenceError::NotFound => ApiError::NotFound("item"),
-            PersistenceError::LimitExceeded => ApiError::Validation(ValidationError::new(
-                "quantity",
-                "would take the stock above 1000000000 units",
-            )),
+            PersistenceError::LimitExceeded => ApiError::conflict(
+                "STOCK_LIMIT",
+                "this restock would take the item's stock above 1000000000 units",
+            ),
             other => other.into(),
         })?;
     // Units came back: an actor that knew the item sold out looks again.

@@ -31,7 +31,10 @@ use crate::time_fmt::rfc3339;
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderLineRequest {
+    #[schema(minimum = 1)]
     item_id: i64,
+    /// 1–1,000.
+    #[schema(minimum = 1, maximum = 1_000)]
     quantity: i64,
 }
 
@@ -39,9 +42,11 @@ pub struct OrderLineRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
-    /// 1–50 lines, each item at most once.
+    /// 1–50 lines, each item at most once (a rule beyond this schema: a 400 names the line).
+    #[schema(min_items = 1, max_items = 50)]
     lines: Vec<OrderLineRequest>,
     /// A coupon the caller was issued.
+    #[schema(minimum = 1)]
     coupon_id: Option<i64>,
 }
 
@@ -55,6 +60,14 @@ pub struct OrderLineResponse {
     /// PROCESSING, RESERVED, OUT_OF_STOCK, ITEM_NOT_FOUND or RELEASED.
     #[schema(value_type = String)]
     status: LineStatus,
+}
+
+/// The 202 answer: an order that exists and is still `PROCESSING` (its `status`); the same
+/// fields as an order. Its `Location` header is the order's URL.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PendingOrderResponse {
+    #[serde(flatten)]
+    order: OrderResponse,
 }
 
 /// An order as clients see it.
@@ -116,6 +129,7 @@ pub struct OrderPage {
 #[into_params(parameter_in = Query)]
 pub struct OrderQuery {
     /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// From the previous page.
     cursor: Option<String>,
@@ -192,7 +206,12 @@ fn created(order: OrderRecord) -> Response {
     } else {
         StatusCode::CREATED
     };
-    let mut response = (status, Json(OrderResponse::from(order))).into_response();
+    let order = OrderResponse::from(order);
+    let mut response = if status == StatusCode::ACCEPTED {
+        (status, Json(PendingOrderResponse { order })).into_response()
+    } else {
+        (status, Json(order)).into_response()
+    };
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
@@ -300,7 +319,7 @@ async fn answer_when_final(
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
     request_body = CreateOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "retry key; same key + same body replays the first outcome")),
-    responses((status = 201, body = OrderResponse), (status = 202, description = "an older order still PROCESSING (replayed)", body = OrderResponse),
+    responses((status = 201, body = OrderResponse), (status = 202, description = "the order exists and is still PROCESSING (a replay of an order whose saga runs on): follow it at Location or its events", body = PendingOrderResponse, headers(("Location" = String, description = "the order's URL"))),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, description = "unknown item (details.lines)", body = ErrorBody),
               (status = 409, description = "OUT_OF_STOCK (details.lines; nothing written, no orderId); PURCHASE_LIMIT (details.itemId, details.maxPerMember: the member's live orders of the item would pass its limit; nothing written); COUPON_NOT_ISSUED, COUPON_ALREADY_USED, COUPON_NOT_APPLICABLE (nothing written)", body = ErrorBody),
@@ -491,6 +510,7 @@ pub async fn list(
     let before = query
         .cursor
         .as_deref()
+        .filter(|c| !c.is_empty())
         .map(|c| state.auth.cursors().open("order", c))
         .transpose()?;
     let mut orders = state

@@ -18,14 +18,15 @@ use crate::state::AppState;
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SignUpRequest {
-    /// 4–64 characters of `[A-Za-z0-9_.-]`.
-    #[schema(example = "buyer_01")]
+    /// 4–64 characters of `[A-Za-z0-9_.-]`; unique regardless of case.
+    #[schema(example = "buyer_01", min_length = 4, max_length = 64)]
     login_id: String,
-    /// 8–128 characters.
-    #[schema(example = "correct horse battery")]
+    /// 8–128 characters, not on the list of common passwords and not containing the login id
+    /// (rules beyond this schema: a 400 names the field).
+    #[schema(example = "correct horse battery", min_length = 8, max_length = 128)]
     password: String,
     /// 1–64 characters.
-    #[schema(example = "Kim Buyer")]
+    #[schema(example = "Kim Buyer", min_length = 1, max_length = 64)]
     name: String,
 }
 
