@@ -56,15 +56,20 @@ curl -sf -X POST "$base/api/v1/users" -H 'content-type: application/json' \
 
 failed=0
 for role in ADMIN USER; do
+  extra=()
   if [ "$role" = ADMIN ]; then
     SURGE_ST_TOKEN=$(token st_admin "$admin_password")
   else
     SURGE_ST_TOKEN=$(token st_user "$user_password")
+    # Sign-up takes no token (the ADMIN run covers it), and a member it makes is readable by
+    # itself and ADMINs only: a USER's read of it is 404 like a missing member, by design, which
+    # the stateful phase would count as "created resource not found".
+    extra=(--exclude-name "POST /api/v1/users")
   fi
   export SURGE_ST_TOKEN
-  log "$role: st run --checks all --seed $seed --max-examples $examples $base/openapi.json"
+  log "$role: st run --checks all --seed $seed --max-examples $examples ${extra[*]} $base/openapi.json"
   if ! "$venv/bin/st" --config-file scripts/schemathesis/schemathesis.toml run "$base/openapi.json" \
-      --checks all --seed "$seed" --max-examples "$examples" --no-color; then
+      --checks all --seed "$seed" --max-examples "$examples" --no-color "${extra[@]}"; then
     failed=1
   fi
 done
