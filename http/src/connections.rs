@@ -351,7 +351,9 @@ pub async fn bounded_request(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.uri().to_string().len() > MAX_URI_BYTES {
+    let uri = request.uri();
+    let target = uri.path().len() + uri.query().map_or(0, |q| q.len() + 1);
+    if target > MAX_URI_BYTES {
         return closing(ApiError::UriTooLong {
             limit: MAX_URI_BYTES,
         });
@@ -375,6 +377,11 @@ pub async fn bounded_request(
         return closing(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         });
+    }
+    // Nearly every GET: no body to wait for.
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if !chunked && declared.is_none_or(|n| n == 0) {
+        return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
     let read = tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES));
