@@ -63,6 +63,8 @@ pub struct ConnectionLimits {
 const WATCH_TICK: Duration = Duration::from_secs(1);
 /// How long a refused connection gets to take its short answer.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a stopping node waits for its connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause after an accept error (typically out of file descriptors) before accepting again, so
 /// the loop does not spin while connections close.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -270,8 +272,19 @@ pub async fn serve(
             drop(permit);
         });
     }
-    // Every connection holds a permit until it is closed.
-    let _all_closed = open.acquire_many(permits).await;
+    // Every connection holds a permit until it is closed. An answer still streaming (an order's
+    // status stream) does not hold the node's stop up for more than the grace.
+    if tokio::time::timeout(SHUTDOWN_GRACE, open.acquire_many(permits))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            still_open = limits
+                .max_connections
+                .saturating_sub(open.available_permits()),
+            "stopping with connections still answering after the shutdown grace"
+        );
+    }
     Ok(())
 }
 

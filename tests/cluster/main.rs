@@ -707,3 +707,47 @@ async fn a_coupon_has_one_waiting_room_and_one_count_across_the_cluster() {
         .await;
     assert_eq!(coupon["remaining"], 0, "{coupon}");
 }
+
+/// A member's orders on two nodes at once cannot pass the item's `maxPerMember` together: the
+/// count is taken in each order's own write, under the database's row lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_limit_holds_across_nodes() {
+    let env = ClusterEnv::create().await;
+    let api = Api::new();
+    let nodes = [env.start("p1"), env.start("p2")];
+    let admin = api.admin_token(&nodes[0].base).await;
+    wait_for_spread(&api, &nodes.iter().collect::<Vec<_>>(), &admin, 2).await;
+    let created: Value = api
+        .http
+        .post(format!("{}/api/v1/items", nodes[0].base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "Two per fan", "price": 100, "stock": 1_000, "maxPerMember": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let item = created["itemId"].as_i64().unwrap();
+    let fan = api.member(&nodes[1].base, "limit_fan").await;
+    // Twenty orders of one unit at once, half on each node.
+    let attempts: Vec<_> = (0..20)
+        .map(|i| {
+            let base = nodes[i % 2].base.clone();
+            let fan = fan.clone();
+            let api = Api::new();
+            tokio::spawn(async move { api.order(&base, &fan, item, 1).await })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        let (status, body) = attempt.await.unwrap().expect("both nodes answer");
+        match status {
+            201 => created += 1,
+            409 => assert_eq!(body["code"], "PURCHASE_LIMIT", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(created, 3, "exactly the limit passes");
+    assert_eq!(units(&env, item).await.0, 3, "three units sold to the fan");
+}
