@@ -155,7 +155,12 @@ fn busy() -> ApiError {
 impl PasswordWorkers {
     /// Starts the workers.
     pub fn start() -> Result<Self, String> {
-        let (jobs, rx) = sync_channel(MAX_QUEUED);
+        Self::start_with_queue(MAX_QUEUED)
+    }
+
+    /// Starts the workers with room for `max_queued` waiting jobs.
+    fn start_with_queue(max_queued: usize) -> Result<Self, String> {
+        let (jobs, rx) = sync_channel(max_queued);
         let rx = Arc::new(Mutex::new(rx));
         for n in 0..WORKERS {
             let rx = rx.clone();
@@ -220,6 +225,45 @@ mod tests {
         let mut memory = Memory::default();
         assert!(memory.verify("older", &old));
         assert!(!memory.verify("Older", &old));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_answers_overloaded_at_once_instead_of_waiting() {
+        let workers = PasswordWorkers::start_with_queue(1).unwrap();
+        // Ten hashes asked for at once: each takes milliseconds, so the two workers and the one
+        // queue slot take three, and the rest are refused without waiting.
+        let receivers: Vec<_> = (0..10)
+            .map(|n| {
+                let (reply, rx) = oneshot::channel();
+                (
+                    workers.submit(Job::Hash(format!("password {n}"), reply)),
+                    rx,
+                )
+            })
+            .collect();
+        let refused = receivers
+            .iter()
+            .filter(|(submitted, _)| {
+                matches!(
+                    submitted,
+                    Err(ApiError::Overloaded {
+                        retry_after_secs: 1,
+                        ..
+                    })
+                )
+            })
+            .count();
+        let accepted = receivers.len() - refused;
+        assert!(
+            (1..=WORKERS + 1 + 1).contains(&accepted),
+            "{accepted} accepted"
+        );
+        assert!(refused >= 10 - (WORKERS + 2), "{refused} refused");
+        for (submitted, rx) in receivers {
+            if submitted.is_ok() {
+                assert!(rx.await.unwrap().is_ok(), "an accepted hash is done");
+            }
+        }
     }
 
     #[tokio::test]
