@@ -8,6 +8,7 @@
 #
 # Settings that JSON Schema cannot say (and why) are in scripts/schemathesis/schemathesis.toml.
 # The node runs with SURGE_RATE_LIMITS=off so that the run explores instead of collecting 429s.
+# Each run's token lives 15 minutes: a run much longer than the default would turn into 401s.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -23,10 +24,9 @@ if [ ! -x "$venv/bin/st" ]; then
   "$venv/bin/pip" install -q "schemathesis==$ST_VERSION"
 fi
 
+# A no-op when `cargo test` just built it; never a stale binary when run on its own.
+cargo build --locked --quiet --bin surge
 bin=target/debug/surge
-if [ ! -x "$bin" ]; then
-  cargo build --locked --bin surge
-fi
 
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

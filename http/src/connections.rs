@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -63,6 +63,8 @@ pub struct ConnectionLimits {
 const WATCH_TICK: Duration = Duration::from_secs(1);
 /// How long a refused connection gets to take its short answer.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most bytes of a request head hyper buffers.
+const MAX_HEAD_BUFFER: usize = 64 * 1024;
 /// How long a stopping node waits for its connections to finish their requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pause after an accept error (typically out of file descriptors) before accepting again, so
@@ -79,7 +81,8 @@ struct Activity {
     /// began: set at the start and by the first byte read while no request is being answered,
     /// cleared when a head is complete.
     head_started: AtomicU64,
-    /// Requests whose answer is being made (the service was called and has not answered).
+    /// Requests whose answer is being made or sent: from the service's call until the answer's
+    /// body is done (an order status stream counts until it ends).
     answering: AtomicU32,
 }
 
@@ -131,6 +134,43 @@ impl Activity {
         }
         (now.saturating_sub(self.last_traffic.load(Ordering::Relaxed)) > ms(limits.idle_timeout))
             .then_some("idle")
+    }
+}
+
+/// Ends a request's "answering" when its answer's body is dropped: sent whole, or the
+/// connection gone.
+struct AnsweredOnDrop(Arc<Activity>);
+
+impl Drop for AnsweredOnDrop {
+    fn drop(&mut self) {
+        self.0.request_answered();
+    }
+}
+
+/// An answer's body, with the guard that ends its request's "answering" when it is done. Size
+/// and end are the inner body's, so `Content-Length` answers stay as they are.
+struct WatchedBody {
+    inner: Body,
+    _answered: AnsweredOnDrop,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -214,8 +254,9 @@ fn refuse(mut stream: TcpStream, answer: Vec<u8>) {
     });
 }
 
-/// Serves `router` on `listener` until `stop` turns true; then stops accepting, lets every
-/// open connection finish its request in flight, and returns once all are closed.
+/// Serves `router` on `listener` until `stop` turns true; then closes the listener, lets every
+/// open connection finish its request in flight, and returns once all are closed or after
+/// [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -227,8 +268,12 @@ pub async fn serve(
     let per_address = Arc::new(Slots::new(limits.max_connections_per_ip, 0));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The watchdog keeps the time of every phase; hyper's own header timer (which also ends
-    // idle keep-alive connections at the header timeout) is off.
-    builder.keep_alive(true).header_read_timeout(None);
+    // idle keep-alive connections at the header timeout) is off. hyper buffers at most 64 KiB
+    // of a request head (past it a bare 431); the envelope's 414/431 come well before.
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BUFFER);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -253,7 +298,7 @@ pub async fn serve(
             );
             continue;
         };
-        let Ok(slot) = per_address.take(peer.ip()) else {
+        let Ok(slot) = per_address.take(crate::limits::network(peer.ip())) else {
             refuse(
                 stream,
                 refusal(
@@ -272,8 +317,10 @@ pub async fn serve(
             drop(permit);
         });
     }
-    // Every connection holds a permit until it is closed. An answer still streaming (an order's
-    // status stream) does not hold the node's stop up for more than the grace.
+    // No new connection from here on. Every connection holds a permit until it is closed; an
+    // answer still streaming (an order's status stream) does not hold the node's stop up for
+    // more than the grace.
+    drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, open.acquire_many(permits))
         .await
         .is_err()
@@ -310,13 +357,16 @@ fn serve_connection(
     let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
         let activity = Arc::clone(&service_activity);
         activity.request_started();
+        let answered = AnsweredOnDrop(activity);
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(peer));
         let answer = router.clone().oneshot(request);
         async move {
-            let response = answer.await;
-            activity.request_answered();
-            Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
+            let response = answer.await.unwrap_or_else(|never| match never {});
+            Ok::<_, Infallible>(response.map(|inner| WatchedBody {
+                inner,
+                _answered: answered,
+            }))
         }
     });
     let connection = builder.serve_connection(io, service);
@@ -381,19 +431,16 @@ pub async fn bounded_request(
             limit: MAX_HEADER_BYTES,
         });
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    // What hyper made of the framing headers (not the raw header: `content-length: 10, 10` is
+    // a body of 10 bytes to hyper).
+    let body = request.body();
+    if body.size_hint().lower() > MAX_BODY_BYTES as u64 {
         return closing(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         });
     }
     // Nearly every GET: no body to wait for.
-    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
-    if !chunked && declared.is_none_or(|n| n == 0) {
+    if body.is_end_stream() {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();

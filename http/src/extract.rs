@@ -5,7 +5,6 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -48,45 +47,66 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The body with every number that has a zero fraction and fits an `i64` written as an
-/// integer. Bodies without a `.` or an exponent (nearly all) are returned untouched, and so is
-/// a body that is not JSON (its error is reported as it is).
+/// The body with every number written with a zero fraction (`3.0`, `-12.00`) written as the
+/// integer it is, and everything else byte for byte: duplicate keys, order and positions stay
+/// as they were (so errors read the same), and digits are never rounded. A body without such a
+/// number is returned untouched, without a copy.
 fn whole_numbers_as_integers(bytes: Bytes) -> Bytes {
-    if !bytes.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-        return bytes;
+    let b = &bytes[..];
+    let mut out: Option<Vec<u8>> = None;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let number = !in_string && (c == b'-' || c.is_ascii_digit());
+        if !number {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if c == b'\\' {
+                    escaped = true;
+                } else if c == b'"' {
+                    in_string = false;
+                }
+            } else if c == b'"' {
+                in_string = true;
+            }
+            if let Some(out) = out.as_mut() {
+                out.push(c);
+            }
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && matches!(b[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+            i += 1;
+        }
+        let token = &b[start..i];
+        match whole_part(token) {
+            Some(whole) => out
+                .get_or_insert_with(|| b[..start].to_vec())
+                .extend_from_slice(whole),
+            None => {
+                if let Some(out) = out.as_mut() {
+                    out.extend_from_slice(token);
+                }
+            }
+        }
     }
-    let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-        return bytes;
-    };
-    if !make_whole_numbers_integers(&mut value) {
-        return bytes;
-    }
-    serde_json::to_vec(&value).map_or(bytes, Bytes::from)
+    out.map_or(bytes, Bytes::from)
 }
 
-/// Rewrites whole floats inside `value` as integers; whether it changed anything.
-fn make_whole_numbers_integers(value: &mut Value) -> bool {
-    /// The largest float that converts to an `i64` exactly (2^63 is one past `i64::MAX`).
-    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-    match value {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < LIMIT => {
-                // In range and whole: the cast is exact.
-                #[allow(clippy::cast_possible_truncation)]
-                let whole = f as i64;
-                *value = Value::from(whole);
-                true
-            }
-            _ => false,
-        },
-        Value::Array(items) => items
-            .iter_mut()
-            .fold(false, |changed, v| make_whole_numbers_integers(v) | changed),
-        Value::Object(fields) => fields
-            .values_mut()
-            .fold(false, |changed, v| make_whole_numbers_integers(v) | changed),
-        _ => false,
-    }
+/// `-12` of `-12.00`: a plain number whose fraction is all zeros (no exponent).
+fn whole_part(token: &[u8]) -> Option<&[u8]> {
+    let dot = token.iter().position(|&c| c == b'.')?;
+    let (whole, fraction) = (&token[..dot], &token[dot + 1..]);
+    let digits = whole.strip_prefix(b"-").unwrap_or(whole);
+    let plain = !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && !fraction.is_empty()
+        && fraction.iter().all(|&c| c == b'0');
+    plain.then_some(whole)
 }
 
 #[cfg(test)]
@@ -95,22 +115,28 @@ mod tests {
 
     #[test]
     fn whole_floats_become_integers_and_the_rest_is_untouched() {
-        let body = Bytes::from_static(br#"{"a": 3.0, "b": [1.5, -2e3], "c": "x.0", "d": 7}"#);
-        let out: Value =
-            serde_json::from_slice(&whole_numbers_as_integers(body)).unwrap_or_default();
-        assert_eq!(out["a"], Value::from(3_i64));
-        assert!(out["a"].is_i64());
-        assert_eq!(out["b"][0], Value::from(1.5));
-        assert!(out["b"][1].is_i64());
-        assert_eq!(out["c"], "x.0");
-        let plain = Bytes::from_static(br#"{"d": 7}"#);
-        assert_eq!(whole_numbers_as_integers(plain.clone()), plain);
-        let broken = Bytes::from_static(b"{1.0");
-        assert_eq!(whole_numbers_as_integers(broken.clone()), broken);
-        let huge = Bytes::from_static(b"[1e30]");
-        let out: Value =
-            serde_json::from_slice(&whole_numbers_as_integers(huge)).unwrap_or_default();
-        assert!(out[0].is_f64(), "too large for an integer: left as it is");
+        let rewrite = |body: &'static str| {
+            String::from_utf8(
+                whole_numbers_as_integers(Bytes::from_static(body.as_bytes())).to_vec(),
+            )
+            .unwrap_or_default()
+        };
+        assert_eq!(
+            rewrite(r#"{"a": 3.0, "b": [1.5, -2e3, -7.00], "c": "x 4.0 \" 5.0", "d": 7}"#),
+            r#"{"a": 3, "b": [1.5, -2e3, -7], "c": "x 4.0 \" 5.0", "d": 7}"#
+        );
+        // Nothing to rewrite: the same bytes, not a copy.
+        let plain = Bytes::from_static(br#"{"lines": [{"itemId": 1, "quantity": 2}]}"#);
+        assert_eq!(
+            whole_numbers_as_integers(plain.clone()).as_ptr(),
+            plain.as_ptr()
+        );
+        // Duplicate keys and digits beyond an f64's precision stay as they were.
+        assert_eq!(
+            rewrite(r#"{"a": 9007199254740993.0, "a": 1}"#),
+            r#"{"a": 9007199254740993, "a": 1}"#
+        );
+        assert_eq!(rewrite("{1.0"), "{1");
     }
 }
 

@@ -207,23 +207,25 @@ impl RateLimits {
             &l.login_per_account,
             &account,
             "too many login attempts for this account",
-        )
+        )?;
+        l.count_attempt(account, now);
+        Ok(())
     }
+}
 
-    /// A wrong password (or unknown login id: the same, so the limiter is no oracle) for
-    /// `login_id`: after `failures_before_backoff` in a row, the account's next login waits
-    /// 1 s, then 2 s, 4 s … up to 15 min.
-    pub fn login_failed(&self, login_id: &str) {
-        let Some(l) = &self.limiters else { return };
-        let now = Instant::now();
-        let account = account_key(login_id);
-        let mut failures = l.lock_failures();
+impl Limiters {
+    /// Counts a login attempt against the account's streak *before* the password is checked,
+    /// as a failure until [`RateLimits::login_succeeded`] ends the streak: attempts sent in
+    /// parallel cannot slip past the back-off while their hashes run. After
+    /// `failures_before_backoff` in a row, the account's next login waits 1 s, then 2 s, 4 s …
+    /// up to 15 min. Unknown login ids count the same (the limiter is no oracle).
+    fn count_attempt(&self, account: String, now: Instant) {
+        let mut failures = self.lock_failures();
         if failures.len() >= MAX_TRACKED_ACCOUNTS && !failures.contains_key(&account) {
-            failures.retain(|_, s| is_remembered(s, now));
-            if failures.len() >= MAX_TRACKED_ACCOUNTS {
-                tracing::warn!("failed-login tracking is full; this account is not tracked");
-                return;
-            }
+            // Full until the next prune (once a minute): new accounts are not tracked, their
+            // per-address and per-account rates still apply.
+            tracing::warn!("failed-login tracking is full; this account is not tracked");
+            return;
         }
         let streak = failures.entry(account).or_insert(FailureStreak {
             failures: 0,
@@ -235,14 +237,16 @@ impl RateLimits {
         }
         streak.failures = streak.failures.saturating_add(1);
         streak.last = now;
-        if let Some(over) = streak.failures.checked_sub(l.failures_before_backoff) {
+        if let Some(over) = streak.failures.checked_sub(self.failures_before_backoff) {
             let backoff = FIRST_LOGIN_BACKOFF
                 .saturating_mul(2u32.saturating_pow(over.min(20)))
                 .min(MAX_LOGIN_BACKOFF);
             streak.blocked_until = Some(now + backoff);
         }
     }
+}
 
+impl RateLimits {
     /// A successful login ends the account's failure streak.
     pub fn login_succeeded(&self, login_id: &str) {
         if let Some(l) = &self.limiters {
@@ -356,9 +360,10 @@ fn account_key(login_id: &str) -> String {
         .collect()
 }
 
-/// The key of a client address: an IPv6 client is limited by its /64, since one host is
-/// usually handed a whole /64 and could otherwise rotate addresses for free.
-fn network(ip: IpAddr) -> IpAddr {
+/// The key of a client address (rate limits and the per-address connection cap): an IPv6
+/// client counts by its /64, since one host is usually handed a whole /64 and could otherwise
+/// rotate addresses for free.
+pub(crate) fn network(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -473,15 +478,14 @@ mod tests {
     fn failures_back_off_exponentially_and_a_success_ends_the_streak() {
         let limits = RateLimits::new(&settings());
         let ip: IpAddr = "198.51.100.1".parse().unwrap();
-        for _ in 0..2 {
-            assert!(limits.check_login(ip, "Alice").is_ok());
-            limits.login_failed("Alice");
-        }
+        // Three attempts in a row without a success (they count before their password is
+        // checked, so attempts sent at once cannot slip past the back-off).
+        assert!(limits.check_login(ip, "Alice").is_ok());
         assert!(limits.check_login(ip, "alice").is_ok());
-        limits.login_failed("alice");
-        // Three in a row: the account waits, whatever the case of the id.
+        assert!(limits.check_login(ip, "ALICE").is_ok());
+        // The account now waits, whatever the case of the id.
         assert!(matches!(
-            limits.check_login(ip, "ALICE"),
+            limits.check_login(ip, "aLiCe"),
             Err(ApiError::RateLimited { .. })
         ));
         // Another account is not held back.
@@ -493,8 +497,8 @@ mod tests {
     #[test]
     fn each_further_failure_doubles_the_wait_up_to_the_cap() {
         let limits = RateLimits::new(&settings());
-        let blocked = |limits: &RateLimits| {
-            let l = limits.limiters.as_ref().unwrap();
+        let l = limits.limiters.as_ref().unwrap();
+        let blocked = || {
             let until = l
                 .lock_failures()
                 .get("carol")
@@ -504,17 +508,17 @@ mod tests {
             until.duration_since(Instant::now())
         };
         for _ in 0..3 {
-            limits.login_failed("carol");
+            l.count_attempt("carol".into(), Instant::now());
         }
-        assert!(blocked(&limits) <= Duration::from_secs(1));
-        limits.login_failed("carol");
-        assert!(blocked(&limits) > Duration::from_secs(1));
-        assert!(blocked(&limits) <= Duration::from_secs(2));
+        assert!(blocked() <= Duration::from_secs(1));
+        l.count_attempt("carol".into(), Instant::now());
+        assert!(blocked() > Duration::from_secs(1));
+        assert!(blocked() <= Duration::from_secs(2));
         for _ in 0..30 {
-            limits.login_failed("carol");
+            l.count_attempt("carol".into(), Instant::now());
         }
-        assert!(blocked(&limits) <= MAX_LOGIN_BACKOFF);
-        assert!(blocked(&limits) > MAX_LOGIN_BACKOFF - Duration::from_secs(5));
+        assert!(blocked() <= MAX_LOGIN_BACKOFF);
+        assert!(blocked() > MAX_LOGIN_BACKOFF - Duration::from_secs(5));
     }
 
     #[test]
@@ -530,7 +534,10 @@ mod tests {
         let off = RateLimits::off();
         for _ in 0..1_000 {
             assert!(off.check_order(1).is_ok());
-            off.login_failed("dave");
+            assert!(
+                off.check_login("127.0.0.1".parse().unwrap(), "dave")
+                    .is_ok()
+            );
         }
         assert!(
             off.check_login("127.0.0.1".parse().unwrap(), "dave")

@@ -208,47 +208,54 @@ fn limited_lines(order: &NewOrder) -> impl Iterator<Item = (i64, i64, i64)> + '_
 /// live units plus these would pass the limit. Such an order is answered `PurchaseLimit` and
 /// its lines counted before are taken off again. The row lock the upsert takes (PostgreSQL),
 /// or the one writer (SQLite), makes two orders of one member, even on two nodes, see each
-/// other's units. Returns the orders counted (their counts must be undone if a later step
-/// refuses them). Orders without a limited line cost nothing here.
+/// other's units; the rows are locked in (member, item) order, like the allotments, so two
+/// nodes' batches never wait on each other in a cycle. Returns the orders counted (their counts
+/// must be undone if a later step refuses them). Orders without a limited line cost nothing.
 async fn count_purchases(
     conn: &mut AnyConnection,
     orders: &[&NewOrder],
     outcomes: &mut [Option<PlaceOutcome>],
 ) -> Result<HashSet<usize>, sqlx::Error> {
-    let mut counted = HashSet::new();
-    for (i, order) in orders.iter().enumerate() {
-        if outcomes[i].is_some() || limited_lines(order).next().is_none() {
+    // (member, item, order index, units, limit), in lock order.
+    let mut lines: Vec<(i64, i64, usize, i64, i64)> = orders
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| outcomes[*i].is_none())
+        .flat_map(|(i, order)| {
+            limited_lines(order)
+                .map(move |(item, units, limit)| (order.user_id, item, i, units, limit))
+        })
+        .collect();
+    lines.sort_unstable();
+    let mut counted: BTreeMap<usize, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for (user_id, item_id, i, units, limit) in lines {
+        if outcomes[i].is_some() {
             continue;
         }
-        let mut done: Vec<(i64, i64, i64)> = Vec::new();
-        for (item_id, units, limit) in limited_lines(order) {
-            let within = units <= limit
-                && sqlx::query_as::<_, (i64,)>(
-                    "INSERT INTO purchase_counts (user_id, item_id, units) VALUES ($1, $2, $3) \
-                     ON CONFLICT (user_id, item_id) DO UPDATE \
-                       SET units = purchase_counts.units + excluded.units \
-                       WHERE purchase_counts.units + excluded.units <= $4 \
-                     RETURNING units",
-                )
-                .bind(order.user_id)
-                .bind(item_id)
-                .bind(units)
-                .bind(limit)
-                .fetch_optional(&mut *conn)
-                .await?
-                .is_some();
-            if !within {
-                uncount(conn, order.user_id, done.into_iter()).await?;
-                outcomes[i] = Some(PlaceOutcome::PurchaseLimit { item_id, limit });
-                break;
-            }
-            done.push((item_id, units, limit));
-        }
-        if outcomes[i].is_none() {
-            counted.insert(i);
+        let within = units <= limit
+            && sqlx::query_as::<_, (i64,)>(
+                "INSERT INTO purchase_counts (user_id, item_id, units) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id, item_id) DO UPDATE \
+                   SET units = purchase_counts.units + excluded.units \
+                   WHERE purchase_counts.units + excluded.units <= $4 \
+                 RETURNING units",
+            )
+            .bind(user_id)
+            .bind(item_id)
+            .bind(units)
+            .bind(limit)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if within {
+            counted.entry(i).or_default().push((item_id, units, limit));
+        } else {
+            let done = counted.remove(&i).unwrap_or_default();
+            uncount(conn, user_id, done.into_iter()).await?;
+            outcomes[i] = Some(PlaceOutcome::PurchaseLimit { item_id, limit });
         }
     }
-    Ok(counted)
+    Ok(counted.into_keys().collect())
 }
 
 /// Takes `lines`' units off the member's purchase counts (a refused order of this batch, or a

@@ -125,6 +125,19 @@ async fn stalled_clients_are_closed_and_oversized_bodies_refused_unread() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert_eq!(json_body(&answer)["code"], "REQUEST_TIMEOUT");
 
+    // A length written twice (`10, 10`) and no body: refused or timed out, never left hanging.
+    let mut doubled = TcpStream::connect(to).await.unwrap();
+    doubled
+        .write_all(
+            b"POST /api/v1/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 10, 10\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut doubled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    assert!(closed);
+
     // A declared body over the limit is refused before any of it is sent.
     let mut large = TcpStream::connect(to).await.unwrap();
     large

@@ -89,14 +89,12 @@ pub async fn login(
     state.limits.check_login(ip, &req.login_id)?;
     let user = state.db.user_by_login_id(&req.login_id).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // The attempt already counts against the account's streak (`check_login`); only a success
+    // ends it.
     if !state.auth.verify_password(req.password, hash).await? {
-        state.limits.login_failed(&req.login_id);
         return Err(ApiError::InvalidCredentials);
     }
-    let Some(user) = user else {
-        state.limits.login_failed(&req.login_id);
-        return Err(ApiError::InvalidCredentials);
-    };
+    let user = user.ok_or(ApiError::InvalidCredentials)?;
     state.limits.login_succeeded(&req.login_id);
     let session_id = random_token();
     let tokens = state.auth.issue(user.id, user.role, &session_id)?;
