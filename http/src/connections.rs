@@ -101,7 +101,11 @@ impl Activity {
     }
 
     fn traffic(&self, read: bool) {
-        let now = self.now_ms();
+        self.traffic_at(read, self.now_ms());
+    }
+
+    /// [`Self::traffic`] at `now` (ms since the connection opened).
+    fn traffic_at(&self, read: bool, now: u64) {
         self.last_traffic.store(now, Ordering::Relaxed);
         if read && self.answering.load(Ordering::Acquire) == 0 {
             let _ =
@@ -116,13 +120,22 @@ impl Activity {
     }
 
     fn request_answered(&self) {
-        self.last_traffic.store(self.now_ms(), Ordering::Relaxed);
+        self.request_answered_at(self.now_ms());
+    }
+
+    /// [`Self::request_answered`] at `now`.
+    fn request_answered_at(&self, now: u64) {
+        self.last_traffic.store(now, Ordering::Relaxed);
         self.answering.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Why the connection must close now, if it must.
     fn overdue(&self, limits: &ConnectionLimits) -> Option<&'static str> {
-        let now = self.now_ms();
+        self.overdue_at(limits, self.now_ms())
+    }
+
+    /// [`Self::overdue`] at `now`.
+    fn overdue_at(&self, limits: &ConnectionLimits, now: u64) -> Option<&'static str> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         if self.answering.load(Ordering::Acquire) > 0 {
             return None;
@@ -482,10 +495,9 @@ mod tests {
     #[test]
     fn a_head_that_does_not_complete_in_time_is_overdue() {
         let activity = Activity::new();
-        assert_eq!(activity.overdue(&limits()), None);
-        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(activity.overdue_at(&limits(), 40), None);
         assert!(
-            activity.overdue(&limits()).is_some(),
+            activity.overdue_at(&limits(), 41).is_some(),
             "nothing sent since the start"
         );
     }
@@ -493,29 +505,25 @@ mod tests {
     #[test]
     fn an_answered_request_leaves_the_idle_timeout_not_the_header_timeout() {
         let activity = Activity::new();
-        activity.traffic(true);
+        activity.traffic_at(true, 5);
         activity.request_started();
-        std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
-            activity.overdue(&limits()),
+            activity.overdue_at(&limits(), 500),
             None,
             "a request is being answered"
         );
-        activity.request_answered();
-        std::thread::sleep(Duration::from_millis(60));
+        activity.request_answered_at(500);
         assert_eq!(
-            activity.overdue(&limits()),
+            activity.overdue_at(&limits(), 560),
             None,
-            "idle for less than 80 ms"
+            "idle for 60 ms of 80"
         );
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(activity.overdue(&limits()), Some("idle"));
+        assert_eq!(activity.overdue_at(&limits(), 581), Some("idle"));
         // A byte of the next request starts the header clock again.
-        activity.traffic(true);
-        assert_eq!(activity.overdue(&limits()), None);
-        std::thread::sleep(Duration::from_millis(60));
+        activity.traffic_at(true, 590);
+        assert_eq!(activity.overdue_at(&limits(), 630), None);
         assert_eq!(
-            activity.overdue(&limits()),
+            activity.overdue_at(&limits(), 631),
             Some("request head not complete in time")
         );
     }

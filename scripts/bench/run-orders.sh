@@ -3,11 +3,13 @@
 #   scripts/bench/run-orders.sh [DATABASE_URL] [LINES]
 #     DATABASE_URL: default a fresh embedded SQLite file; LINES: lines per order, each on its own
 #     item (default 1).
+#     SURGE_BIN=/path/to/surge: measure that build instead of building this checkout (A/B runs).
 # Needs wrk (apt-get install -y wrk) and python3. Prints both wrk reports.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || apt-get install -y wrk
-cargo build --release --quiet
+bin=${SURGE_BIN:-target/release/surge}
+[ -n "${SURGE_BIN:-}" ] || cargo build --release --quiet
 work=$(mktemp -d)
 db_url=${1:-"sqlite://$work/surge.db"}
 lines=${2:-1}
@@ -15,7 +17,7 @@ port=18480
 export SURGE_HTTP_ADDR=127.0.0.1:$port SURGE_DATABASE_URL=$db_url RUST_LOG=warn \
   SURGE_RATE_LIMITS=off SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password
 [[ $db_url == sqlite* ]] || export SURGE_JWT_SECRET=${SURGE_JWT_SECRET:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
-target/release/surge & node=$!
+"$bin" & node=$!
 trap 'kill $node 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.2; done
 base=http://127.0.0.1:$port

@@ -57,6 +57,28 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (String,
     }
 }
 
+/// A client that trickles: sends `piece` each time the server has said nothing for a pace,
+/// until the server answers and closes, or `within` passes. Returns what the server sent and
+/// whether it closed.
+async fn trickle(stream: &mut TcpStream, piece: &[u8], within: Duration) -> (String, bool) {
+    const PACE: Duration = Duration::from_millis(250);
+    let deadline = Instant::now() + within;
+    let mut seen = Vec::new();
+    let mut buf = [0_u8; 2048];
+    while Instant::now() < deadline {
+        match tokio::time::timeout(PACE, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => {
+                if stream.write_all(piece).await.is_err() {
+                    return (String::from_utf8_lossy(&seen).into_owned(), true);
+                }
+            }
+        }
+    }
+    (String::from_utf8_lossy(&seen).into_owned(), false)
+}
+
 fn json_body(answer: &str) -> Value {
     let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
     serde_json::from_str(body).unwrap_or_else(|_| panic!("no JSON body in {answer:?}"))
@@ -79,50 +101,21 @@ async fn stalled_clients_are_closed_and_oversized_bodies_refused_unread() {
     slow.write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n")
         .await
         .unwrap();
-    let started = Instant::now();
-    let mut closed = false;
-    while started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if slow.write_all(b"x-slow: 1\r\n").await.is_err() {
-            closed = true;
-            break;
-        }
-        let mut probe = [0_u8; 64];
-        if let Ok(Ok(0)) =
-            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut probe)).await
-        {
-            closed = true;
-            break;
-        }
-    }
+    let (_, closed) = trickle(&mut slow, b"x-slow: 1\r\n", Duration::from_secs(10)).await;
     assert!(closed, "a head trickled line by line keeps its connection");
 
     // A declared body trickled byte by byte: 408 in the envelope, then closed.
-    let mut trickle = TcpStream::connect(to).await.unwrap();
-    trickle
+    let mut trickling = TcpStream::connect(to).await.unwrap();
+    trickling
         .write_all(
             b"POST /api/v1/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
               content-length: 100\r\n\r\n{",
         )
         .await
         .unwrap();
-    let writer = tokio::spawn(async move {
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            if trickle.write_all(b" ").await.is_err() {
-                break;
-            }
-            let mut buf = [0_u8; 2048];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(1), trickle.read(&mut buf)).await
-            {
-                return String::from_utf8_lossy(&buf[..n]).into_owned();
-            }
-        }
-        String::new()
-    });
-    let answer = writer.await.unwrap();
+    let (answer, closed) = trickle(&mut trickling, b" ", Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(closed, "the rest of the body is not waited for");
     assert_eq!(json_body(&answer)["code"], "REQUEST_TIMEOUT");
 
     // A length written twice (`10, 10`) and no body: refused or timed out, never left hanging.
@@ -172,8 +165,14 @@ async fn a_kept_alive_connection_lives_until_the_idle_timeout_not_the_header_tim
     let mut buf = [0_u8; 4096];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    // Idle for longer than the header timeout but less than the idle timeout: still served.
-    tokio::time::sleep(Duration::from_millis(HEADER_TIMEOUT_MS * 2)).await;
+    // Idle for longer than the header timeout but less than the idle timeout: the node keeps
+    // the connection, and serves the next request on it.
+    let (said, closed) =
+        read_until_closed(&mut stream, Duration::from_millis(HEADER_TIMEOUT_MS * 2)).await;
+    assert!(
+        !closed && said.is_empty(),
+        "closed before the idle timeout: {said:?}"
+    );
     stream.write_all(request).await.unwrap();
     let n = stream.read(&mut buf).await.unwrap();
     assert!(

@@ -479,6 +479,21 @@ pub async fn send(request: RequestBuilder) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// How many of `answers` are 201; asserts every other one is the refusal `status`/`code`.
+#[track_caller]
+pub fn created_else(answers: &[(StatusCode, Value)], status: u16, code: &str) -> usize {
+    answers
+        .iter()
+        .filter(|answer| {
+            let created = answer.0 == StatusCode::CREATED;
+            if !created {
+                assert_error(answer, status, code);
+            }
+            created
+        })
+        .count()
+}
+
 /// Asserts an error answer: status, code, and that it has a message.
 #[track_caller]
 pub fn assert_error(actual: &(StatusCode, Value), status: u16, code: &str) {

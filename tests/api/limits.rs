@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::coupons::{create_coupon, issue};
-use crate::helpers::{Backend, TestApp, assert_error, send};
+use crate::helpers::{Backend, TestApp, assert_error, created_else, send};
 
 /// A client whose connections come from `ip` (any 127.0.0.0/8 address reaches the node).
 fn client_from(ip: &str) -> reqwest::Client {
@@ -205,15 +205,7 @@ async fn orders_and_coupon_issues_are_limited_per_member_across_connections() {
             10,
         )
         .await;
-    let mut created = 0;
-    for answer in answers {
-        if answer.0 == StatusCode::CREATED {
-            created += 1;
-        } else {
-            assert_error(&answer, 429, "RATE_LIMITED");
-        }
-    }
-    assert_eq!(created, 3);
+    assert_eq!(created_else(&answers, 429, "RATE_LIMITED"), 3);
     let rows = app
         .count(
             "SELECT COUNT(*) FROM orders WHERE user_id = $1",

@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, TestUser, assert_error, send};
+use crate::helpers::{TestApp, TestUser, assert_error, created_else, send};
 use crate::on_both_backends;
 
 async fn limited_item(app: &TestApp, admin: &TestUser, stock: i64, max: i64) -> i64 {
@@ -98,15 +98,7 @@ on_both_backends! {
         let answers = app
             .orders_at_once(&hoarder, json!({"lines": [{"itemId": item, "quantity": 1}]}), 20)
             .await;
-        let mut created = 0;
-        for answer in answers {
-            if answer.0 == StatusCode::CREATED {
-                created += 1;
-            } else {
-                assert_error(&answer, 409, "PURCHASE_LIMIT");
-            }
-        }
-        assert_eq!(created, 3);
+        assert_eq!(created_else(&answers, 409, "PURCHASE_LIMIT"), 3);
         let units = app
             .count(
                 "SELECT CAST(COALESCE(SUM(l.quantity), 0) AS BIGINT) FROM order_lines l JOIN orders o ON o.id = l.order_id \

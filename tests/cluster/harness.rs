@@ -275,11 +275,21 @@ impl Api {
     }
 
     pub async fn item(&self, base: &str, admin: &str, stock: i64) -> i64 {
+        self.item_with(
+            base,
+            admin,
+            json!({"name": "Limited drop", "price": 1000, "stock": stock}),
+        )
+        .await
+    }
+
+    /// Creates an item from `body` (the request JSON); returns its id.
+    pub async fn item_with(&self, base: &str, admin: &str, body: Value) -> i64 {
         let body: Value = self
             .http
             .post(format!("{base}/api/v1/items"))
             .bearer_auth(admin)
-            .json(&json!({"name": "Limited drop", "price": 1000, "stock": stock}))
+            .json(&body)
             .send()
             .await
             .unwrap()

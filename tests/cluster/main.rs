@@ -717,18 +717,13 @@ async fn a_purchase_limit_holds_across_nodes() {
     let nodes = [env.start("p1"), env.start("p2")];
     let admin = api.admin_token(&nodes[0].base).await;
     wait_for_spread(&api, &nodes.iter().collect::<Vec<_>>(), &admin, 2).await;
-    let created: Value = api
-        .http
-        .post(format!("{}/api/v1/items", nodes[0].base))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "Two per fan", "price": 100, "stock": 1_000, "maxPerMember": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let item = created["itemId"].as_i64().unwrap();
+    let item = api
+        .item_with(
+            &nodes[0].base,
+            &admin,
+            json!({"name": "Three per fan", "price": 100, "stock": 1_000, "maxPerMember": 3}),
+        )
+        .await;
     let fan = api.member(&nodes[1].base, "limit_fan").await;
     // Twenty orders of one unit at once, half on each node.
     let attempts: Vec<_> = (0..20)
