@@ -279,7 +279,9 @@ impl Application {
         if reclaimed > 0 || compensated > 0 {
             tracing::info!(reclaimed, compensated, "recovered from the previous run");
         }
-        let my_page = read_model(&db, config.mongo_url.as_ref()).await?;
+        let my_page = read_model(&db, config.mongo_url.as_ref())
+            .await?
+            .through(committer.clone());
         let my_page_store = my_page.clone();
         let events = EventRoute::start(config.kafka.as_ref(), &config.node_id, my_page)?;
         let relay = OutboxRelay::start(

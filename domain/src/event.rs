@@ -145,7 +145,10 @@ impl Event {
         payload: Value,
     ) -> Self {
         Self {
-            event_id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered (UUIDv7): consumers index the ids they processed, and ids that sort
+            // by time are appended at the end of that index instead of landing on a random page
+            // of it.
+            event_id: uuid::Uuid::now_v7().to_string(),
             kind,
             aggregate_id,
             user_id,

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::coupons::{self, NewIssue};
 use crate::orders::{self, CancelOutcome, FailOutcome, NewOrder, PlaceOutcome};
 use crate::{Database, PersistenceError, now_millis};
-use crate::{placement, stock};
+use crate::{my_page, placement, stock};
 
 /// Writes a committer accepts.
 #[derive(Debug)]
@@ -40,6 +40,25 @@ pub enum Write {
         Vec<NewIssue>,
         oneshot::Sender<Result<u64, PersistenceError>>,
     ),
+    /// A batch of events for the my-page read model, with the outbox rows it marks published
+    /// (the in-process relay); replies how many events were new.
+    ///
+    /// Concurrency decision: the projection's writes go through the one writer instead of a
+    /// transaction of their own. On SQLite a second writing connection waits for the write
+    /// lock in the busy handler's sleeps (1, 2, 5 ms …), which the order path paid in its tail,
+    /// and each of its transactions cost an fsync of its own; in the writer's batch it costs a
+    /// few statements and shares the batch's commit.
+    Project(PageEvents, oneshot::Sender<Result<usize, PersistenceError>>),
+}
+
+/// Events for the my-page projection and the outbox rows to mark published with them.
+#[derive(Debug)]
+pub struct PageEvents {
+    /// The events, in outbox order.
+    pub events: Vec<surge_domain::Event>,
+    /// Outbox ids marked published in the same transaction (empty when the events came from
+    /// a broker).
+    pub published: Vec<i64>,
 }
 
 /// Tuning of the committer.
@@ -195,6 +214,11 @@ impl GroupCommitter {
         )
     }
 
+    /// Whether the writer has stopped taking writes (it finished or died).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Queues a write; `Overloaded` when the queue is full, `Closed` after shutdown.
     pub fn submit(&self, write: Write) -> Result<(), PersistenceError> {
         self.tx.try_send(write).map_err(|e| match e {
@@ -248,6 +272,12 @@ impl GroupCommitter {
         self.write(|reply| Write::IssueCoupons(issues, reply)).await
     }
 
+    /// Applies events to the my-page read model in the writer's next transaction and waits
+    /// for its commit; returns how many events were new.
+    pub async fn project(&self, events: PageEvents) -> Result<usize, PersistenceError> {
+        self.write(|reply| Write::Project(events, reply)).await
+    }
+
     /// Queues coupon issues now and returns the commit's answer to wait for later. Queued in
     /// the caller's order: the writer commits in queue order, so a later write (a barrier)
     /// commits after these.
@@ -271,6 +301,7 @@ enum Outcome {
     Cancel(CancelOutcome),
     Released(u64),
     Issued(u64),
+    Projected(usize),
 }
 
 fn reply(write: Write, outcome: Outcome) {
@@ -280,6 +311,7 @@ fn reply(write: Write, outcome: Outcome) {
         (Write::Cancel(_, r), Outcome::Cancel(v)) => drop(r.send(Ok(v))),
         (Write::ReleaseExpired(_, r), Outcome::Released(v)) => drop(r.send(Ok(v))),
         (Write::IssueCoupons(_, r), Outcome::Issued(v)) => drop(r.send(Ok(v))),
+        (Write::Project(_, r), Outcome::Projected(v)) => drop(r.send(Ok(v))),
         (write, _) => fail(write, &PersistenceError::Batch("mismatched outcome".into())),
     }
 }
@@ -295,6 +327,7 @@ fn fail(write: Write, err: &PersistenceError) {
         Write::Cancel(_, r) => drop(r.send(Err(err()))),
         Write::ReleaseExpired(_, r) => drop(r.send(Err(err()))),
         Write::IssueCoupons(_, r) => drop(r.send(Err(err()))),
+        Write::Project(_, r) => drop(r.send(Err(err()))),
     }
 }
 
@@ -303,7 +336,7 @@ async fn apply(
     backend: crate::Backend,
     write: &Write,
     now: i64,
-) -> Result<Outcome, sqlx::Error> {
+) -> Result<Outcome, PersistenceError> {
     Ok(match write {
         Write::Place(order, _) => Outcome::Place(
             placement::place_orders(conn, backend, &[order], now)
@@ -323,6 +356,9 @@ async fn apply(
         Write::IssueCoupons(issues, _) => {
             Outcome::Issued(coupons::insert_issues(conn, issues).await?)
         }
+        Write::Project(batch, _) => Outcome::Projected(
+            my_page::apply_page_events(conn, backend, &batch.events, now, &batch.published).await?,
+        ),
     })
 }
 
@@ -456,7 +492,9 @@ async fn commit(
         let outcome = match write {
             Write::Place(..) => match placed.next() {
                 Some(placed) => Ok(Outcome::Place(placed)),
-                None => Err(sqlx::Error::Protocol("an order without an outcome".into())),
+                None => Err(PersistenceError::Batch(
+                    "an order without an outcome".into(),
+                )),
             },
             other => apply(&mut tx, db.backend(), other, now).await,
         };
@@ -464,7 +502,7 @@ async fn commit(
             Ok(outcome) => outcomes.push(outcome),
             Err(e) => {
                 let _ = tx.rollback().await;
-                return Some((writes, e.into()));
+                return Some((writes, e));
             }
         }
     }

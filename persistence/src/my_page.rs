@@ -21,133 +21,22 @@ pub struct StoredPage {
 }
 
 impl Database {
-    /// Applies a batch of events to the members' pages in one transaction of a few statements
-    /// whatever the batch's size (the projection shares the database's one writer with the
-    /// order path, so its transactions must be short): one multi-row insert of the event ids
-    /// that returns the new ones (a redelivered event is skipped), one read of the members'
-    /// documents, one multi-row upsert of them; and, when `published` is given (the in-process
-    /// relay), the outbox rows marked published in the same transaction. Events without a
-    /// member are only recorded. Returns how many events were new.
+    /// Applies a batch of events to the members' pages in a transaction of its own (see
+    /// [`apply_page_events`]; a node with a group committer sends the batch to it instead, so
+    /// the projection's writes join the order writer's transaction).
     pub async fn apply_my_page_events(
         &self,
         events: &[Event],
         now: i64,
         published: &[i64],
     ) -> Result<usize, PersistenceError> {
-        use crate::placement::{Cell, Column, JsonRows, bulk_insert_sql};
         if events.is_empty() && published.is_empty() {
             return Ok(0);
         }
-        let backend = self.backend();
         let mut tx = self.begin_write().await?;
-        let mut ids = JsonRows::default();
-        for event in events {
-            ids.row(&[
-                Cell::Text(MY_PAGE_CONSUMER),
-                Cell::Text(&event.event_id),
-                Cell::Int(now),
-            ]);
-        }
-        let columns = [
-            Column::Text("consumer"),
-            Column::Text("event_id"),
-            Column::Int("processed_at"),
-        ];
-        let sql = format!(
-            "{} WHERE true ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
-            bulk_insert_sql(backend, "processed_events", &columns, 1)
-        );
-        let new: HashSet<String> = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql))
-            .bind(ids.finish())
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(id,)| id)
-            .collect();
-        let mut by_member: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
-        // A batch may hold two copies of one event (a redelivery read together with the
-        // original): the insert returns its id once, and only its first copy is applied.
-        let mut taken: HashSet<&str> = HashSet::with_capacity(new.len());
-        for event in events
-            .iter()
-            .filter(|e| new.contains(&e.event_id) && taken.insert(e.event_id.as_str()))
-        {
-            if let Some(user) = event.user_id {
-                by_member.entry(user).or_default().push(event);
-            }
-        }
-        if !by_member.is_empty() {
-            // Integers we hold ourselves; nothing from a client is spliced in.
-            let members = id_list(by_member.keys().copied());
-            let stored: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT user_id, doc FROM my_page WHERE user_id IN ({members})"
-            )))
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut pages: HashMap<i64, MemberPage> = HashMap::with_capacity(by_member.len());
-            for (user_id, doc) in stored {
-                let page = serde_json::from_str(&doc)
-                    .map_err(|e| PersistenceError::Corrupt(format!("my_page {user_id}: {e}")))?;
-                pages.insert(user_id, page);
-            }
-            let coupon_ids: Vec<i64> = by_member
-                .values()
-                .flatten()
-                .filter(|e| e.kind == EventType::CouponIssued)
-                .map(|e| e.aggregate_id)
-                .collect();
-            let mut coupons: HashMap<i64, serde_json::Value> = HashMap::new();
-            if !coupon_ids.is_empty() {
-                let rows: Vec<(i64, String, i64, Option<i64>)> =
-                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                        "SELECT id, name, discount_tenths, item_id FROM coupons WHERE id IN ({})",
-                        id_list(coupon_ids.into_iter())
-                    )))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for (id, name, tenths, item_id) in rows {
-                    coupons.insert(id, coupon_entry(name, tenths, item_id));
-                }
-            }
-            let mut docs = JsonRows::default();
-            for (user_id, events) in &by_member {
-                let page = pages.entry(*user_id).or_default();
-                for event in events {
-                    let details = (event.kind == EventType::CouponIssued)
-                        .then(|| coupons.get(&event.aggregate_id))
-                        .flatten();
-                    page.apply(event, details);
-                }
-                let doc = serde_json::to_string(page)
-                    .map_err(|e| PersistenceError::Corrupt(e.to_string()))?;
-                docs.row(&[Cell::Int(*user_id), Cell::Text(&doc), Cell::Int(now)]);
-            }
-            let columns = [
-                Column::Int("user_id"),
-                Column::Text("doc"),
-                Column::Int("updated_at"),
-            ];
-            let sql = format!(
-                "{} WHERE true ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc, \
-                 updated_at = excluded.updated_at",
-                bulk_insert_sql(backend, "my_page", &columns, 1)
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(docs.finish())
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !published.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE outbox SET published_at = $1 WHERE id IN ({}) AND published_at IS NULL",
-                id_list(published.iter().copied())
-            )))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let new = apply_page_events(&mut tx, self.backend(), events, now, published).await?;
         tx.commit().await?;
-        Ok(new.len())
+        Ok(new)
     }
 
     /// A member's page, when the read model has one that holds every change about them: it was
@@ -274,6 +163,130 @@ impl Database {
             coupons_unused,
         })
     }
+}
+
+/// Applies a batch of events to the members' pages in the caller's transaction, with a few
+/// statements whatever the batch's size (the projection shares the database's one writer with
+/// the order path, so its share of a transaction must be short): one multi-row insert of the
+/// event ids that returns the new ones (a redelivered event is skipped), one read of the
+/// members' documents, one multi-row upsert of them; and, when `published` is given (the
+/// in-process relay), the outbox rows marked published. Events without a member are only
+/// recorded. Returns how many events were new.
+pub(crate) async fn apply_page_events(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    events: &[Event],
+    now: i64,
+    published: &[i64],
+) -> Result<usize, PersistenceError> {
+    use crate::placement::{Cell, Column, JsonRows, bulk_insert_sql};
+    let mut ids = JsonRows::default();
+    for event in events {
+        ids.row(&[
+            Cell::Text(MY_PAGE_CONSUMER),
+            Cell::Text(&event.event_id),
+            Cell::Int(now),
+        ]);
+    }
+    let columns = [
+        Column::Text("consumer"),
+        Column::Text("event_id"),
+        Column::Int("processed_at"),
+    ];
+    let sql = format!(
+        "{} WHERE true ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+        bulk_insert_sql(backend, "processed_events", &columns, 1)
+    );
+    let new: HashSet<String> = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql))
+        .bind(ids.finish())
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+    let mut by_member: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
+    // A batch may hold two copies of one event (a redelivery read together with the
+    // original): the insert returns its id once, and only its first copy is applied.
+    let mut taken: HashSet<&str> = HashSet::with_capacity(new.len());
+    for event in events
+        .iter()
+        .filter(|e| new.contains(&e.event_id) && taken.insert(e.event_id.as_str()))
+    {
+        if let Some(user) = event.user_id {
+            by_member.entry(user).or_default().push(event);
+        }
+    }
+    if !by_member.is_empty() {
+        // Integers we hold ourselves; nothing from a client is spliced in.
+        let members = id_list(by_member.keys().copied());
+        let stored: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT user_id, doc FROM my_page WHERE user_id IN ({members})"
+        )))
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut pages: HashMap<i64, MemberPage> = HashMap::with_capacity(by_member.len());
+        for (user_id, doc) in stored {
+            let page = serde_json::from_str(&doc)
+                .map_err(|e| PersistenceError::Corrupt(format!("my_page {user_id}: {e}")))?;
+            pages.insert(user_id, page);
+        }
+        let coupon_ids: Vec<i64> = by_member
+            .values()
+            .flatten()
+            .filter(|e| e.kind == EventType::CouponIssued)
+            .map(|e| e.aggregate_id)
+            .collect();
+        let mut coupons: HashMap<i64, serde_json::Value> = HashMap::new();
+        if !coupon_ids.is_empty() {
+            let rows: Vec<(i64, String, i64, Option<i64>)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT id, name, discount_tenths, item_id FROM coupons WHERE id IN ({})",
+                    id_list(coupon_ids.into_iter())
+                )))
+                .fetch_all(&mut *conn)
+                .await?;
+            for (id, name, tenths, item_id) in rows {
+                coupons.insert(id, coupon_entry(name, tenths, item_id));
+            }
+        }
+        let mut docs = JsonRows::default();
+        for (user_id, events) in &by_member {
+            let page = pages.entry(*user_id).or_default();
+            for event in events {
+                let details = (event.kind == EventType::CouponIssued)
+                    .then(|| coupons.get(&event.aggregate_id))
+                    .flatten();
+                page.apply(event, details);
+            }
+            let doc = serde_json::to_string(page)
+                .map_err(|e| PersistenceError::Corrupt(e.to_string()))?;
+            docs.row(&[Cell::Int(*user_id), Cell::Text(&doc), Cell::Int(now)]);
+        }
+        let columns = [
+            Column::Int("user_id"),
+            Column::Text("doc"),
+            Column::Int("updated_at"),
+        ];
+        let sql = format!(
+            "{} WHERE true ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc, \
+             updated_at = excluded.updated_at",
+            bulk_insert_sql(backend, "my_page", &columns, 1)
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(docs.finish())
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !published.is_empty() {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET published_at = $1 WHERE id IN ({}) AND published_at IS NULL",
+            id_list(published.iter().copied())
+        )))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(new.len())
 }
 
 /// A coupon's catalogue entry as a page shows it.

@@ -2,7 +2,7 @@
 # Order placement for DUR seconds (default 10) with the writer's own counters read after it from
 # /api/v1/admin/actors: commits, writes (orders), average batch, statement and COMMIT times.
 #   scripts/bench/writer-cycle.sh          (DB=postgres://… for PostgreSQL, LINES=3 for 3-line orders)
-# Needs wrk, python3 and a release build (cargo build --release).
+# Needs wrk, python3 and a release build (cargo build --release; SURGE_BIN=/path measures another).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=$(mktemp -d)
@@ -10,7 +10,7 @@ port=18491
 export SURGE_HTTP_ADDR=127.0.0.1:$port SURGE_DATABASE_URL=${DB:-sqlite://$work/surge.db} RUST_LOG=warn \
   SURGE_RATE_LIMITS=off SURGE_BOOTSTRAP_ADMIN_LOGIN_ID=bench_admin SURGE_BOOTSTRAP_ADMIN_PASSWORD=bench-admin-password
 [[ $SURGE_DATABASE_URL == sqlite* ]] || export SURGE_JWT_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-target/release/surge & node=$!
+"${SURGE_BIN:-target/release/surge}" & node=$!
 trap 'kill $node 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/health/ready" >/dev/null && break; sleep 0.2; done
 base=http://127.0.0.1:$port

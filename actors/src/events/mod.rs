@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use surge_domain::Event;
+use surge_persistence::committer::{GroupCommitter, PageEvents};
 use surge_persistence::outbox::OutboxRow;
 use surge_persistence::{Database, PersistenceError, now_millis};
 
@@ -69,6 +70,9 @@ pub fn decode_rows(rows: &[OutboxRow]) -> Vec<Event> {
 #[derive(Debug, Clone)]
 pub struct MyPageProjection {
     db: Database,
+    /// The node's group committer, when the projection writes through it (see
+    /// [`surge_persistence::committer::Write::Project`]); `None`: a transaction of its own.
+    writer: Option<GroupCommitter>,
     #[cfg(feature = "mongo")]
     mongo: Option<std::sync::Arc<surge_persistence::mongo_pages::MongoPages>>,
 }
@@ -78,9 +82,34 @@ impl MyPageProjection {
     pub fn new(db: Database) -> Self {
         Self {
             db,
+            writer: None,
             #[cfg(feature = "mongo")]
             mongo: None,
         }
+    }
+
+    /// Writes the documents kept in the main database through `writer`, in its transactions
+    /// (one writer per database on SQLite: no second connection waiting for the write lock).
+    #[must_use]
+    pub fn through(mut self, writer: GroupCommitter) -> Self {
+        self.writer = Some(writer);
+        self
+    }
+
+    /// Applies `events` (and marks `published`) in the main database.
+    async fn apply(
+        &self,
+        events: Vec<Event>,
+        published: Vec<i64>,
+    ) -> Result<usize, PersistenceError> {
+        // Once the writer has finished (a stopping node), the relay's last rounds go in a
+        // transaction of their own, with no writer left to wait behind.
+        if let Some(writer) = self.writer.as_ref().filter(|w| !w.is_closed()) {
+            return writer.project(PageEvents { events, published }).await;
+        }
+        self.db
+            .apply_my_page_events(&events, now_millis(), &published)
+            .await
     }
 
     /// A projection whose documents live in MongoDB (`db` still records processed events).
@@ -88,6 +117,7 @@ impl MyPageProjection {
     pub fn in_mongo(db: Database, mongo: surge_persistence::mongo_pages::MongoPages) -> Self {
         Self {
             db,
+            writer: None,
             mongo: Some(std::sync::Arc::new(mongo)),
         }
     }
@@ -107,9 +137,7 @@ impl MyPageProjection {
         if let Some(mongo) = &self.mongo {
             return self.consume_into_mongo(mongo, events).await;
         }
-        self.db
-            .apply_my_page_events(events, now_millis(), &[])
-            .await
+        self.apply(events.to_vec(), Vec::new()).await
     }
 
     /// Applies a batch read from the outbox and marks its rows published, in one transaction
@@ -124,9 +152,7 @@ impl MyPageProjection {
             self.db.mark_published(&ids, now_millis()).await?;
             return Ok(new);
         }
-        self.db
-            .apply_my_page_events(&events, now_millis(), &ids)
-            .await
+        self.apply(events, ids).await
     }
 
     /// Each member's document by compare-and-set, then the ids recorded in the main database
