@@ -633,20 +633,20 @@ async fn kill_9_while_the_relay_publishes_loses_no_event_and_counts_each_change_
             }
             if Instant::now() >= deadline {
                 let (unapplied,): (i64,) = sqlx::query_as(
-                    "SELECT COUNT(*) FROM outbox o WHERE o.user_id = $1 AND o.event_id IS NOT NULL \
-                     AND NOT EXISTS (SELECT 1 FROM processed_events p WHERE p.event_id = o.event_id)",
+                    "SELECT COUNT(*) FROM outbox WHERE user_id = $1 AND applied_at IS NULL",
                 )
                 .bind(user_id)
                 .fetch_one(&mut db)
                 .await
                 .unwrap();
-                let (processed,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM processed_events")
-                    .fetch_one(&mut db)
-                    .await
-                    .unwrap();
+                let (processed,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE applied_at IS NOT NULL")
+                        .fetch_one(&mut db)
+                        .await
+                        .unwrap();
                 panic!(
                     "member {user_id}'s page never caught up: {unapplied} of their events unapplied, \
-                     {processed} events processed in all; {page}"
+                     {processed} events applied in all; {page}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,5 +1,6 @@
-//! The HTTP side: one pooled client, the set-up calls (which must succeed) and the measured
-//! calls (whose every answer is data).
+//! The HTTP side: one pooled client for the set-up calls (which must succeed), and the
+//! measured calls (whose every answer is data), sent on the workers' own connections
+//! ([`crate::wire`]).
 
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ const PAGE_LIMIT: u32 = 100;
 #[derive(Debug, Clone)]
 pub struct Api {
     client: reqwest::Client,
+    /// The measured calls' connections.
+    wire: std::sync::Arc<crate::wire::Wire>,
     /// Every node's base URL; requests go to them in turn (every node serves the whole API).
     bases: std::sync::Arc<[String]>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -78,6 +81,7 @@ impl Api {
         }
         Ok(Self {
             client,
+            wire: std::sync::Arc::default(),
             bases: bases.into(),
             next: std::sync::Arc::default(),
         })
@@ -99,11 +103,12 @@ impl Api {
     /// a reply without a status. The JSON body is returned for 2xx answers (callers need ids
     /// from them); errors only keep their `code`.
     pub async fn call(&self, request: RequestBuilder) -> (Reply, Option<Value>) {
-        let Ok(response) = request.send().await else {
+        let Ok(request) = request.build() else {
             return (no_answer(), None);
         };
-        let status = response.status();
-        let Ok(bytes) = response.bytes().await else {
+        let Ok(Ok((status, bytes))) =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.wire.send(request)).await
+        else {
             return (no_answer(), None);
         };
         let body: Option<Value> = serde_json::from_slice(&bytes).ok();

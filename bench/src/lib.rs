@@ -22,6 +22,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod users;
+mod wire;
 
 use std::io::Write as _;
 use std::path::Path;

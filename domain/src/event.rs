@@ -236,7 +236,8 @@ mod tests {
             uuid::Uuid::parse_str(value["eventId"].as_str().unwrap_or_default())
                 .map(|u| u.get_version_num())
                 .ok(),
-            Some(4)
+            Some(7),
+            "event ids are time-ordered (UUIDv7)"
         );
         assert_eq!(Event::from_json(&json).ok(), Some(event));
     }

@@ -6,7 +6,7 @@
 //! applying events of one member (their orders and coupons are on different topics) never lose
 //! each other's change: the loser reads again and re-applies. The document remembers the ids of
 //! the last [`APPLIED_KEPT`] events it applied, so a redelivered event changes nothing even
-//! before the main database's `processed_events` has recorded it.
+//! before the main database has marked its outbox row applied.
 //!
 //! Reads use `aggregate` rather than `find`: the wire server the tests use (`mongoeco`) refuses
 //! the `limit` the Rust driver sends with `find`, and `$match` on `_id` is the same query.

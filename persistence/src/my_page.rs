@@ -1,15 +1,12 @@
 //! The my-page read model in the main database: one JSON document per member
-//! ([`surge_domain::MemberPage`]), changed by each event, and the processed-events table that
-//! makes a redelivered event change nothing.
+//! ([`surge_domain::MemberPage`]), changed by each event; each outbox row records when the read
+//! model applied it (`applied_at`), which makes a redelivered event change nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use surge_domain::{Event, EventType, MemberPage};
 
 use crate::{Backend, Database, PersistenceError};
-
-/// The consumer name the my-page projection records its processed events under.
-pub const MY_PAGE_CONSUMER: &str = "my-page";
 
 /// A member's stored page and whether every change about them is in it.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +37,7 @@ impl Database {
     }
 
     /// A member's page, when the read model has one that holds every change about them: it was
-    /// started by their sign-up and no event of theirs in the outbox is unprocessed. `None`
+    /// started by their sign-up and no event of theirs in the outbox is unapplied. `None`
     /// otherwise (the caller composes the page from the sources).
     pub async fn current_my_page(
         &self,
@@ -66,38 +63,27 @@ impl Database {
         Ok(page.complete.then_some(StoredPage { page, updated_at }))
     }
 
-    /// How many of a member's events in the outbox the read model has not applied yet.
+    /// How many of a member's events in the outbox the read model has not applied yet (a
+    /// partial index holds just those rows, so the count does not grow with their history).
     pub async fn unapplied_events(&self, user_id: i64) -> Result<i64, PersistenceError> {
-        let (behind,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM outbox o WHERE o.user_id = $1 AND o.event_id IS NOT NULL \
-             AND NOT EXISTS (SELECT 1 FROM processed_events p \
-                             WHERE p.consumer = $2 AND p.event_id = o.event_id)",
-        )
-        .bind(user_id)
-        .bind(MY_PAGE_CONSUMER)
-        .fetch_one(self.pool())
-        .await?;
+        let (behind,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE user_id = $1 AND applied_at IS NULL")
+                .bind(user_id)
+                .fetch_one(self.pool())
+                .await?;
         Ok(behind)
     }
 
-    /// Records events as applied by the projection (when its documents live elsewhere).
-    pub async fn record_processed(
+    /// Records events as applied by the projection when its documents live elsewhere
+    /// (MongoDB), marking `published` rows published with them (the in-process relay).
+    pub async fn mark_applied(
         &self,
         events: &[Event],
         now: i64,
+        published: &[i64],
     ) -> Result<(), PersistenceError> {
         let mut tx = self.begin_write().await?;
-        for event in events {
-            sqlx::query(
-                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (consumer, event_id) DO NOTHING",
-            )
-            .bind(MY_PAGE_CONSUMER)
-            .bind(&event.event_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        claim_unapplied(&mut tx, events, now, published).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -167,11 +153,10 @@ impl Database {
 
 /// Applies a batch of events to the members' pages in the caller's transaction, with a few
 /// statements whatever the batch's size (the projection shares the database's one writer with
-/// the order path, so its share of a transaction must be short): one multi-row insert of the
-/// event ids that returns the new ones (a redelivered event is skipped), one read of the
-/// members' documents, one multi-row upsert of them; and, when `published` is given (the
-/// in-process relay), the outbox rows marked published. Events without a member are only
-/// recorded. Returns how many events were new.
+/// the order path, so its share of a transaction must be short): one update that claims the
+/// events' outbox rows as applied and returns those not applied before (a redelivered event is
+/// skipped, see [`claim_unapplied`]), one read of the members' documents, one multi-row upsert
+/// of them. Returns how many events were new.
 pub(crate) async fn apply_page_events(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
@@ -180,30 +165,7 @@ pub(crate) async fn apply_page_events(
     published: &[i64],
 ) -> Result<usize, PersistenceError> {
     use crate::placement::{Cell, Column, JsonRows, bulk_insert_sql};
-    let mut ids = JsonRows::default();
-    for event in events {
-        ids.row(&[
-            Cell::Text(MY_PAGE_CONSUMER),
-            Cell::Text(&event.event_id),
-            Cell::Int(now),
-        ]);
-    }
-    let columns = [
-        Column::Text("consumer"),
-        Column::Text("event_id"),
-        Column::Int("processed_at"),
-    ];
-    let sql = format!(
-        "{} WHERE true ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
-        bulk_insert_sql(backend, "processed_events", &columns, 1)
-    );
-    let new: HashSet<String> = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql))
-        .bind(ids.finish())
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|(id,)| id)
-        .collect();
+    let new = claim_unapplied(conn, events, now, published).await?;
     let mut by_member: BTreeMap<i64, Vec<&Event>> = BTreeMap::new();
     // A batch may hold two copies of one event (a redelivery read together with the
     // original): the insert returns its id once, and only its first copy is applied.
@@ -277,16 +239,72 @@ pub(crate) async fn apply_page_events(
             .execute(&mut *conn)
             .await?;
     }
+    Ok(new.len())
+}
+
+/// Claims `events` as applied on their outbox rows and returns the ids of those no one had
+/// applied before: the read model's exactly-once, kept on the row itself (`applied_at`), so an
+/// event costs no row of its own in a processed-events table and "is this member's page
+/// current" reads a partial index of the few rows still unapplied.
+///
+/// - With `published` (the in-process relay): the rows are marked published and applied in one
+///   statement, by primary key. A row another relay published meanwhile is not returned.
+/// - Without (events read back from Kafka): the rows are found by member and event id through
+///   the partial index of unapplied rows. Events without a member change no page and are not
+///   claimed (their rows are written applied). A row purged after the retention is not found,
+///   so an event redelivered that late is dropped, never counted twice.
+pub(crate) async fn claim_unapplied(
+    conn: &mut sqlx::AnyConnection,
+    events: &[Event],
+    now: i64,
+    published: &[i64],
+) -> Result<HashSet<String>, PersistenceError> {
     if !published.is_empty() {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE outbox SET published_at = $1 WHERE id IN ({}) AND published_at IS NULL",
+        // `applied_at` keeps an earlier value (a row a Kafka consumer applied before the node
+        // switched to the in-process relay); only rows applied by this statement come back new.
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET published_at = $1, applied_at = COALESCE(applied_at, $1) \
+             WHERE id IN ({}) AND published_at IS NULL RETURNING event_id, applied_at",
             id_list(published.iter().copied())
         )))
         .bind(now)
-        .execute(&mut *conn)
+        .fetch_all(&mut *conn)
         .await?;
+        return Ok(rows
+            .into_iter()
+            .filter(|(_, applied_at)| *applied_at == now)
+            .filter_map(|(id, _)| id)
+            .collect());
     }
-    Ok(new.len())
+    let members: BTreeSet<i64> = events.iter().filter_map(|e| e.user_id).collect();
+    let ids: BTreeSet<&str> = events
+        .iter()
+        .filter(|e| e.user_id.is_some())
+        .map(|e| e.event_id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Member ids are integers we hold; event ids are bound, never spliced.
+    let placeholders = (2..ids.len() + 2)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!(
+        "UPDATE outbox SET applied_at = $1 WHERE applied_at IS NULL AND user_id IN ({}) \
+         AND event_id IN ({placeholders}) RETURNING event_id",
+        id_list(members.into_iter())
+    );
+    let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(sql)).bind(now);
+    for id in ids {
+        query = query.bind(id);
+    }
+    Ok(query
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(id,)| id)
+        .collect())
 }
 
 /// A coupon's catalogue entry as a page shows it.
@@ -319,6 +337,21 @@ mod tests {
         )
     }
 
+    /// Writes `events` into the outbox as the changes they describe would; returns their ids.
+    async fn outbox(db: &crate::Database, events: &[Event]) -> Vec<i64> {
+        let mut tx = db.begin_write().await.unwrap();
+        for event in events {
+            crate::outbox::append(&mut tx, event).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+        db.unpublished_events(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.id)
+            .collect()
+    }
+
     #[tokio::test]
     async fn a_redelivered_event_changes_nothing_even_in_the_same_batch() {
         let scratch = ScratchDb::sqlite().await.unwrap();
@@ -331,15 +364,44 @@ mod tests {
             json!({"userId": 7}),
         );
         let (first, second) = (order(7, 1), order(7, 2));
-        // The original and its redelivered copy read in one batch.
+        outbox(db, &[signed_up.clone(), first.clone(), second.clone()]).await;
+        assert_eq!(db.unapplied_events(7).await.unwrap(), 3);
+        // The original and its redelivered copy read in one batch (from a broker).
         let batch = [signed_up.clone(), first.clone(), first.clone()];
         assert_eq!(db.apply_my_page_events(&batch, 1, &[]).await.unwrap(), 2);
+        assert_eq!(db.unapplied_events(7).await.unwrap(), 1);
         // Redelivered again later, with one new event.
         let batch = [first.clone(), second, signed_up];
         assert_eq!(db.apply_my_page_events(&batch, 2, &[]).await.unwrap(), 1);
+        assert_eq!(db.unapplied_events(7).await.unwrap(), 0);
         let page = db.stored_my_page(7).await.unwrap().unwrap();
         assert_eq!(page.stats.orders_succeeded, 2);
         assert_eq!(page.stats.total_spent, 20);
         assert_eq!(page.recent_orders.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn two_relays_delivering_the_same_rows_apply_them_once() {
+        let scratch = ScratchDb::sqlite().await.unwrap();
+        let db = &scratch.db;
+        let events = [order(8, 1), order(8, 2)];
+        let rows = outbox(db, &events).await;
+        assert_eq!(rows.len(), 2);
+        // Both relays read the rows before either marked them; the second comes too late.
+        assert_eq!(db.apply_my_page_events(&events, 5, &rows).await.unwrap(), 2);
+        assert_eq!(db.apply_my_page_events(&events, 6, &rows).await.unwrap(), 0);
+        assert!(db.unpublished_events(100).await.unwrap().is_empty());
+        assert_eq!(db.unapplied_events(8).await.unwrap(), 0);
+        let page = db.stored_my_page(8).await.unwrap().unwrap();
+        assert_eq!(page.stats.orders_succeeded, 2);
+        // An event about no member is written applied: nothing waits on it.
+        let created = Event::new(EventType::ItemCreated, 3, None, 0, json!({"itemId": 3}));
+        outbox(db, &[created]).await;
+        let (unapplied,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE applied_at IS NULL")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(unapplied, 0);
     }
 }

@@ -15,8 +15,8 @@ use crate::{Database, PersistenceError};
 /// Writes `event` in the caller's transaction.
 pub(crate) async fn append(conn: &mut AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO outbox (topic, event_key, payload, created_at, event_id, user_id) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (topic, event_key, payload, created_at, event_id, user_id, applied_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(event.topic().suffix())
     .bind(event.key())
@@ -24,6 +24,9 @@ pub(crate) async fn append(conn: &mut AnyConnection, event: &Event) -> Result<()
     .bind(event.occurred_at)
     .bind(&event.event_id)
     .bind(event.user_id)
+    // An event about no member changes no page: written applied, it never enters the index of
+    // rows the read model still has to apply.
+    .bind(event.user_id.is_none().then_some(event.occurred_at))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -132,8 +135,7 @@ impl Database {
         Ok(())
     }
 
-    /// Deletes events published before `before`, and consumers' memories of events processed
-    /// before it. Returns how many outbox rows went.
+    /// Deletes events published before `before`. Returns how many outbox rows went.
     pub async fn purge_published(&self, before: i64) -> Result<u64, PersistenceError> {
         let mut tx = self.begin_write().await?;
         let purged =
@@ -142,10 +144,6 @@ impl Database {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        sqlx::query("DELETE FROM processed_events WHERE processed_at < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(purged)
     }

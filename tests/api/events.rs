@@ -271,6 +271,9 @@ on_both_backends! {
         let item = app.create_item(&admin, "Degraded", 100, 5).await["itemId"].as_i64().unwrap();
         let (status, _) = app.place_order(&buyer, json!({"lines": [{"itemId": item, "quantity": 1}]})).await;
         assert_eq!(status, StatusCode::CREATED);
+        // The relay has applied the sign-up and the order: deleting the document below leaves
+        // nothing for it to rebuild the page from.
+        read_model_page(&app, &buyer, Duration::from_secs(1), |p| p["stats"]["ordersSucceeded"] == 1).await;
         // No read model for the member, and the coupon source broken: the page is composed
         // without coupons and stats (stats counts coupons too).
         execute(&app, &[

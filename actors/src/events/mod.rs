@@ -193,7 +193,7 @@ impl MyPageProjection {
                 .await
                 .map_err(|e| PersistenceError::ReadModel(e.to_string()))?;
         }
-        self.db.record_processed(events, now).await?;
+        self.db.mark_applied(events, now, &[]).await?;
         Ok(new)
     }
 
