@@ -279,9 +279,13 @@ impl Application {
         if reclaimed > 0 || compensated > 0 {
             tracing::info!(reclaimed, compensated, "recovered from the previous run");
         }
-        let my_page = read_model(&db, config.mongo_url.as_ref())
-            .await?
-            .through(committer.clone());
+        let mut my_page = read_model(&db, config.mongo_url.as_ref()).await?;
+        if db.backend() == surge_persistence::Backend::Sqlite {
+            // SQLite has one writer at a time: the projection writes inside the order writer's
+            // batches instead of waiting for the lock beside it. PostgreSQL takes both writers
+            // side by side, and there the projection keeps transactions of its own.
+            my_page = my_page.through(committer.clone());
+        }
         let my_page_store = my_page.clone();
         let events = EventRoute::start(config.kafka.as_ref(), &config.node_id, my_page)?;
         let relay = OutboxRelay::start(
