@@ -544,6 +544,14 @@ impl Database {
         .await?)
     }
 
+    /// Every member with an Idempotency-Key on record.
+    pub async fn members_with_idempotency_keys(&self) -> Result<Vec<i64>, PersistenceError> {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT DISTINCT user_id FROM idempotency_keys")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Orders still PROCESSING (at start: sagas a previous process left unfinished).
     pub async fn processing_orders(&self) -> Result<Vec<i64>, PersistenceError> {
         let rows: Vec<(i64,)> = sqlx::query_as("SELECT id FROM orders WHERE status = 'PROCESSING'")

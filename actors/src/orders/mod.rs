@@ -20,7 +20,7 @@ pub mod recovery;
 pub mod saga;
 pub mod sweeper;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,6 +148,59 @@ pub(crate) struct Inner {
     /// across nodes; this only keeps one node's duplicates in line. An entry lives while a
     /// request for it is in flight.
     keys: Mutex<HashMap<(i64, String), KeySlot>>,
+    /// Members who may have an Idempotency-Key on record (see [`KeyedMembers`]).
+    pub(crate) keyed: KeyedMembers,
+}
+
+/// The members who may have an Idempotency-Key on record, so that a keyed request refused
+/// from memory (sold out) need not read `idempotency_keys` to learn that it replays nothing.
+/// That read went through the driver's SQLite thread and was most of a flash-sale loser's cost.
+///
+/// Concurrency decision: it answers only where this node sees every key written. On SQLite a
+/// single node writes the database (a cluster refuses SQLite), so the members loaded at start
+/// plus those noted here are all who can have a key. A member is noted *before* their keyed
+/// order is written, so a write whose answer was lost is still covered, and a member noted
+/// for a write that failed only costs a read later. Until the load finishes, and always on
+/// PostgreSQL (other nodes write keys too), every member may have one.
+#[derive(Debug, Default)]
+pub(crate) struct KeyedMembers {
+    /// Set once the members with a key on record are in `members`.
+    known: std::sync::atomic::AtomicBool,
+    members: Mutex<HashSet<i64>>,
+}
+
+impl KeyedMembers {
+    /// Whether `user_id` may have a key on record (when in doubt, `true`).
+    pub(crate) fn may_have_key(&self, user_id: i64) -> bool {
+        !self.known.load(std::sync::atomic::Ordering::Acquire)
+            || self.members.lock().map_or(true, |m| m.contains(&user_id))
+    }
+
+    /// `user_id` is about to write a keyed order.
+    fn note(&self, user_id: i64) {
+        if let Ok(mut members) = self.members.lock() {
+            members.insert(user_id);
+        }
+    }
+
+    /// Loads the members with a key on record (SQLite only). On failure every member stays
+    /// "may have one".
+    async fn load(&self, db: &Database) {
+        if db.backend() != surge_persistence::Backend::Sqlite {
+            return;
+        }
+        match db.members_with_idempotency_keys().await {
+            Ok(loaded) => {
+                if let Ok(mut members) = self.members.lock() {
+                    members.extend(loaded);
+                    self.known.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading the members with idempotency keys failed; every keyed refusal reads the database")
+            }
+        }
+    }
 }
 
 /// One Idempotency-Key in flight: the order it placed (id, request hash), once known.
@@ -268,7 +321,12 @@ impl OrderSagas {
             running: Mutex::new(HashMap::new()),
             last_failure: Mutex::new(None),
             keys: Mutex::new(HashMap::new()),
+            keyed: KeyedMembers::default(),
         });
+        {
+            let inner = Arc::clone(&inner);
+            tokio::spawn(async move { inner.keyed.load(&inner.db).await });
+        }
         // A saga that dies has written nothing (its one write is atomic), or its order is
         // already SUCCEEDED: there is nothing to compensate. Its holds stay out of its actors'
         // allotments (an undersell until the allotments are given back). The supervisor
@@ -327,8 +385,16 @@ impl OrderSagas {
         // memory before any saga, id or write (a keyed request still replays an order its key
         // placed earlier). Order id 0: no order exists.
         if let Some(refusal) = saga::known_sold_out(&self.inner, &request) {
-            let _ = reply.send(saga::replay_or(&self.inner, &request, refusal).await);
+            let outcome = if self.inner.keyed.may_have_key(request.user_id) {
+                saga::replay_or(&self.inner, &request, refusal).await
+            } else {
+                refusal
+            };
+            let _ = reply.send(outcome);
             return Ok((0, rx));
+        }
+        if request.idempotency.is_some() {
+            self.inner.keyed.note(request.user_id);
         }
         let order_id = self.next_order_id().await?;
         // Counted as running from now on (shutdown waits for it), not only once it starts.

@@ -488,3 +488,54 @@ async fn a_saga_that_dies_while_writing_leaves_nothing_half_done() {
     assert!(w.scratch.db.order_by_id(order).await.unwrap().is_none());
     w.assert_units(w.a, 10, 0).await;
 }
+
+#[tokio::test]
+async fn a_keyed_request_refused_from_memory_still_replays_what_its_key_placed() {
+    let w = world().await;
+    let stranger = w.scratch.member("stranger_1").await.unwrap();
+    let keyed = |user_id: i64, lines: &[(i64, i64)], key: &str| OrderRequest {
+        user_id,
+        idempotency: Some((key.to_owned(), format!("hash-of-{key}"))),
+        ..w.request(lines)
+    };
+    let answer = |request: OrderRequest| async {
+        let (_, rx) = w.sagas.start_order(request, None).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let first = answer(keyed(w.user, &[(w.b, 3)], "k-1")).await;
+    let SagaOutcome::Succeeded(placed) = first else {
+        panic!("{first:?}")
+    };
+    // The next order finds the row empty: the item is known sold out from now on.
+    let (_, second) = w.place(&[(w.b, 1)]).await;
+    assert_eq!(
+        second,
+        SagaOutcome::OutOfStock(vec![LineStatus::OutOfStock])
+    );
+    assert!(w.stock.real.known_sold_out(ItemId::from_db(w.b)));
+    // The member whose key placed an order gets it replayed, not refused.
+    let again = answer(keyed(w.user, &[(w.b, 3)], "k-1")).await;
+    assert_eq!(again, SagaOutcome::Replay(placed.id));
+    // A member who never used a key is refused from memory alone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while w.sagas.inner.keyed.may_have_key(stranger) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the keyed members never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = answer(keyed(stranger, &[(w.b, 1)], "k-2")).await;
+    assert_eq!(
+        refused,
+        SagaOutcome::OutOfStock(vec![LineStatus::OutOfStock])
+    );
+    // A node that starts again learns the keyed members from the database.
+    let restarted = super::KeyedMembers::default();
+    restarted.load(&w.scratch.db).await;
+    assert!(restarted.may_have_key(w.user));
+    assert!(!restarted.may_have_key(stranger));
+}
