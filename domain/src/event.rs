@@ -145,9 +145,9 @@ impl Event {
         payload: Value,
     ) -> Self {
         Self {
-            // Time-ordered (UUIDv7): consumers index the ids they processed, and ids that sort
-            // by time are appended at the end of that index instead of landing on a random page
-            // of it.
+            // Time-ordered (UUIDv7): a consumer that indexes the ids it processed appends to
+            // that index instead of writing a random page of it (ours did, until migration
+            // 0012 moved the read model's claim onto the outbox row).
             event_id: uuid::Uuid::now_v7().to_string(),
             kind,
             aggregate_id,
