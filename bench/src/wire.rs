@@ -30,8 +30,6 @@ pub enum WireError {
     Connect(#[from] std::io::Error),
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
-    #[error("request: {0}")]
-    Request(#[from] reqwest::Error),
     #[error("the URL has no host")]
     NoHost,
     #[error("not a valid HTTP request: {0}")]

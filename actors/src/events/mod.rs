@@ -135,34 +135,34 @@ impl MyPageProjection {
     pub async fn consume(&self, events: &[Event]) -> Result<usize, PersistenceError> {
         #[cfg(feature = "mongo")]
         if let Some(mongo) = &self.mongo {
-            return self.consume_into_mongo(mongo, events).await;
+            return self.consume_into_mongo(mongo, events, &[]).await;
         }
         self.apply(events.to_vec(), Vec::new()).await
     }
 
-    /// Applies a batch read from the outbox and marks its rows published, in one transaction
-    /// (the in-process relay: one write instead of two per round). Documents elsewhere
-    /// (MongoDB): applied there first, then the rows marked.
+    /// Applies a batch read from the outbox and marks its rows published and applied, in one
+    /// transaction (the in-process relay: one write instead of two per round). Documents
+    /// elsewhere (MongoDB): applied there first, then the rows marked in one statement.
     pub async fn consume_outbox(&self, rows: &[OutboxRow]) -> Result<usize, PersistenceError> {
         let events = decode_rows(rows);
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         #[cfg(feature = "mongo")]
-        if self.mongo.is_some() {
-            let new = self.consume(&events).await?;
-            self.db.mark_published(&ids, now_millis()).await?;
-            return Ok(new);
+        if let Some(mongo) = &self.mongo {
+            return self.consume_into_mongo(mongo, &events, &ids).await;
         }
         self.apply(events, ids).await
     }
 
-    /// Each member's document by compare-and-set, then the ids recorded in the main database
-    /// (what "is this member's page current" asks). A crash between the two re-applies the
+    /// Each member's document by compare-and-set, then the outbox rows claimed applied in the
+    /// main database (what "is this member's page current" asks), and marked published when
+    /// `published` names them (the in-process relay). A crash between the two re-applies the
     /// batch, and the documents drop what they already hold by id.
     #[cfg(feature = "mongo")]
     async fn consume_into_mongo(
         &self,
         mongo: &surge_persistence::mongo_pages::MongoPages,
         events: &[Event],
+        published: &[i64],
     ) -> Result<usize, PersistenceError> {
         use std::collections::{BTreeMap, HashMap};
         let mut details: HashMap<i64, Option<serde_json::Value>> = HashMap::new();
@@ -193,7 +193,7 @@ impl MyPageProjection {
                 .await
                 .map_err(|e| PersistenceError::ReadModel(e.to_string()))?;
         }
-        self.db.mark_applied(events, now, &[]).await?;
+        self.db.mark_applied(events, now, published).await?;
         Ok(new)
     }
 
